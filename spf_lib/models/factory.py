@@ -1,0 +1,183 @@
+"""Small Stable-Diffusion-architecture models built in code.
+
+They are the real diffusers/transformers classes (UNet2DConditionModel, AutoencoderKL, CLIPTextModel,
+StableDiffusionPipeline, CLIPModel) at small widths, saved in diffusers format, so every code path that SD 1.5 takes
+(loading, LoRA, attention processors, generation, MLflow's diffusers flavor) runs here without downloads.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from spf_lib.errors import SpfError
+
+
+@dataclass(frozen=True)
+class TinySDConfig:
+    """Widths of the tiny model. Defaults keep one training step well under a second on 2 CPU cores."""
+
+    resolution: int = 64
+    unet_channels: tuple[int, ...] = (32, 64)
+    layers_per_block: int = 1
+    attention_head_dim: int = 8
+    cross_attention_dim: int = 32
+    vae_channels: tuple[int, ...] = (32, 32, 32)
+    latent_channels: int = 4
+    text_hidden: int = 32
+    text_layers: int = 2
+    text_heads: int = 4
+    max_text_length: int = 77
+
+    def __post_init__(self) -> None:
+        factor = 2 ** (len(self.vae_channels) - 1)
+        if self.resolution % (factor * 2 ** (len(self.unet_channels) - 1)) != 0:
+            raise SpfError(
+                f"TinySDConfig.resolution={self.resolution} must be divisible by the VAE factor {factor} times "
+                f"the UNet downsampling {2 ** (len(self.unet_channels) - 1)}"
+            )
+        if self.cross_attention_dim != self.text_hidden:
+            raise SpfError(
+                f"TinySDConfig.cross_attention_dim={self.cross_attention_dim} must equal text_hidden={self.text_hidden}"
+            )
+
+    @property
+    def latent_size(self) -> int:
+        return self.resolution // 2 ** (len(self.vae_channels) - 1)
+
+
+def build_tiny_components(cfg: TinySDConfig | None = None, seed: int = 0) -> dict:
+    """Return the components dict of a StableDiffusionPipeline with random (seeded) weights."""
+    import torch
+    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from spf_lib.models.tokenizer import build_tokenizer
+
+    cfg = cfg or TinySDConfig()
+    n = len(cfg.unet_channels)
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        sample_size=cfg.latent_size,
+        in_channels=cfg.latent_channels,
+        out_channels=cfg.latent_channels,
+        block_out_channels=tuple(cfg.unet_channels),
+        layers_per_block=cfg.layers_per_block,
+        down_block_types=("DownBlock2D",) + ("CrossAttnDownBlock2D",) * (n - 1),
+        up_block_types=("CrossAttnUpBlock2D",) * (n - 1) + ("UpBlock2D",),
+        cross_attention_dim=cfg.cross_attention_dim,
+        attention_head_dim=cfg.attention_head_dim,
+        norm_num_groups=min(32, min(cfg.unet_channels)),
+    )
+    torch.manual_seed(seed + 1)
+    m = len(cfg.vae_channels)
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        block_out_channels=tuple(cfg.vae_channels),
+        down_block_types=("DownEncoderBlock2D",) * m,
+        up_block_types=("UpDecoderBlock2D",) * m,
+        latent_channels=cfg.latent_channels,
+        norm_num_groups=min(32, min(cfg.vae_channels)),
+        sample_size=cfg.resolution,
+    )
+    tokenizer = build_tokenizer(cfg.max_text_length)
+    torch.manual_seed(seed + 2)
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=cfg.text_hidden,
+            intermediate_size=cfg.text_hidden * 4,
+            num_hidden_layers=cfg.text_layers,
+            num_attention_heads=cfg.text_heads,
+            max_position_embeddings=cfg.max_text_length,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    )
+    # DDIM for few-step deterministic sampling; training derives DDPM from the same config.
+    scheduler = DDIMScheduler(
+        num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+        clip_sample=False, set_alpha_to_one=False, steps_offset=1,
+    )
+    return {
+        "unet": unet,
+        "vae": vae,
+        "text_encoder": text_encoder,
+        "tokenizer": tokenizer,
+        "scheduler": scheduler,
+        "safety_checker": None,
+        "feature_extractor": None,
+        "image_encoder": None,
+    }
+
+
+def build_tiny_pipeline(cfg: TinySDConfig | None = None, seed: int = 0):
+    from diffusers import StableDiffusionPipeline
+
+    return StableDiffusionPipeline(**build_tiny_components(cfg, seed), requires_safety_checker=False)
+
+
+def save_tiny_pipeline(out_dir: str | Path, cfg: TinySDConfig | None = None, seed: int = 0) -> Path:
+    """Build and save a tiny pipeline in diffusers format (safetensors), atomically."""
+    from spf_lib.io import atomic_dir
+
+    cfg = cfg or TinySDConfig()
+    out = Path(out_dir)
+    with atomic_dir(out) as tmp:
+        pipe = build_tiny_pipeline(cfg, seed)
+        pipe.save_pretrained(tmp, safe_serialization=True)
+        import json
+
+        (tmp / "spf_tiny_config.json").write_text(json.dumps({**asdict(cfg), "seed": seed}, indent=2))
+    return out
+
+
+@dataclass(frozen=True)
+class TinyCLIPConfig:
+    hidden: int = 32
+    layers: int = 2
+    heads: int = 4
+    image_size: int = 64
+    patch_size: int = 8
+    projection_dim: int = 32
+
+
+def build_tiny_clip(cfg: TinyCLIPConfig | None = None, seed: int = 0):
+    """Return (CLIPModel, CLIPProcessor-like pair) built locally; weights are random unless trained."""
+    import torch
+    from transformers import CLIPConfig, CLIPImageProcessorPil as CLIPImageProcessor, CLIPModel, CLIPTextConfig, CLIPVisionConfig
+
+    from spf_lib.models.tokenizer import build_tokenizer
+
+    cfg = cfg or TinyCLIPConfig()
+    tok = build_tokenizer()
+    torch.manual_seed(seed)
+    text = CLIPTextConfig(
+        vocab_size=len(tok), hidden_size=cfg.hidden, intermediate_size=cfg.hidden * 4,
+        num_hidden_layers=cfg.layers, num_attention_heads=cfg.heads, max_position_embeddings=77,
+        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+    )
+    vision = CLIPVisionConfig(
+        hidden_size=cfg.hidden, intermediate_size=cfg.hidden * 4, num_hidden_layers=cfg.layers,
+        num_attention_heads=cfg.heads, image_size=cfg.image_size, patch_size=cfg.patch_size,
+    )
+    model = CLIPModel(CLIPConfig(text_config=text.to_dict(), vision_config=vision.to_dict(),
+                                 projection_dim=cfg.projection_dim))
+    processor = CLIPImageProcessor(
+        size={"shortest_edge": cfg.image_size}, crop_size={"height": cfg.image_size, "width": cfg.image_size}
+    )
+    return model, tok, processor
+
+
+def save_tiny_clip(out_dir: str | Path, cfg: TinyCLIPConfig | None = None, seed: int = 0) -> Path:
+    from spf_lib.io import atomic_dir
+
+    out = Path(out_dir)
+    with atomic_dir(out) as tmp:
+        model, tok, proc = build_tiny_clip(cfg, seed)
+        model.save_pretrained(tmp, safe_serialization=True)
+        tok.save_pretrained(tmp)
+        proc.save_pretrained(tmp)
+    return out
