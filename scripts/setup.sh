@@ -27,5 +27,6 @@ if [ -n "${PIP_FIND_LINKS:-}" ]; then
     uv pip install -q "$wheel"
   fi
 fi
-uv pip install -q "${find_links[@]}" -e ".[dev]"
+# compat mode: a plain path entry, so new subpackages need no reinstall
+uv pip install -q "${find_links[@]}" --config-settings editable_mode=compat -e ".[dev]"
 touch "$STAMP"
