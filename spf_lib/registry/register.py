@@ -18,6 +18,7 @@ from pathlib import Path
 
 from spf_lib.errors import SpfError
 from spf_lib.registry import lineage_keys as lk
+from spf_lib.registry.gate import CHALLENGER
 from spf_lib.registry.metrics import Metrics, parse_metrics
 from spf_lib.registry.scrub import scrub
 from spf_lib.registry.session import (RetryPolicy, mlflow_session, redact_uri, resolve_experiment_id,
@@ -26,7 +27,6 @@ from spf_lib.settings import Settings
 
 log = logging.getLogger(__name__)
 
-CHALLENGER = "challenger"
 MODEL_ARTIFACT = "model"
 
 
