@@ -7,8 +7,17 @@ import json
 import pytest
 
 from spf_lib.cli.main import main
-from tests._registry_helpers import (WORSE, embedded, embedded_store, lineage_for, lora_adapter,  # noqa: F401
-                                     promotion_scenario, tiny_base)
+from tests._registry_helpers import (  # noqa: F401
+    WORSE,
+    embedded,
+    embedded_store,
+    lineage_for,
+    lora_adapter,
+    promotion_scenario,
+    tiny_base,
+)
+
+pytestmark = pytest.mark.slow  # the full story twice (library + CLI): ~35 s of CPU, more on a shared machine
 
 
 def test_embedded_register_promote_refuse_rollback(embedded, lora_adapter, tiny_base):

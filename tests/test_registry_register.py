@@ -13,8 +13,16 @@ import pytest
 
 from spf_lib.errors import SpfError
 from spf_lib.registry import RetryPolicy, lineage, load_model, mlflow_session, register_model
-from tests._registry_helpers import (PROMPT, embedded, embedded_store, free_port, generate,  # noqa: F401
-                                     lora_adapter, make_lora_adapter, tiny_base)
+from tests._registry_helpers import (  # noqa: F401
+    PROMPT,
+    embedded,
+    embedded_store,
+    free_port,
+    generate,
+    lora_adapter,
+    make_lora_adapter,
+    tiny_base,
+)
 
 LINEAGE = {"data_rev": "abc123", "data_hash": "d41d8cd98f00b204e9800998ecf8427e", "kfp_run_id": "run-1",
            "pipeline_name": "spf-portrait", "pipeline_version": "v1", "config_hash": "f" * 64}
@@ -114,7 +122,7 @@ def test_identity_adapter_is_logged_as_code_pyfunc(embedded, tiny_base, tmp_path
     """A non-LoRA format goes through spf_lib.methods.load_adapter, including its prompt rewrite."""
     from PIL import Image
 
-    from spf_lib.methods import AdapterHandle, LORA_WEIGHTS
+    from spf_lib.methods import LORA_WEIGHTS, AdapterHandle
 
     seen: list[str] = []
 
@@ -134,7 +142,7 @@ def test_identity_adapter_is_logged_as_code_pyfunc(embedded, tiny_base, tmp_path
     (adapter / "adapter_info.json").write_text(json.dumps(
         {"method": "celeb-basis", "format": "identity", "loader": "spf_lib.methods.fake_identity:load"}))
     rv = register_model(adapter, str(tiny_base), metrics={}, lineage={"kfp_run_id": "id-1"}, model_name="ident")
-    model = load_model(f"models:/ident@challenger")
+    model = load_model("models:/ident@challenger")
     out = model.predict({"prompt": ["a photo of <sks>"]}, params={"num_inference_steps": 2, "seed": 3})
     assert Image.open(io.BytesIO(out[0])).size == (64, 64) and seen[-1] == "a photo of person"
     assert lineage(rv.model_uri)["lineage"]["method"] == "celeb-basis"
@@ -159,3 +167,16 @@ def test_bad_inputs_are_one_line_errors(embedded, lora_adapter, tiny_base, tmp_p
         register_model(lora_adapter, str(tiny_base), metrics={}, lineage={}, model_name="a/b")
     with pytest.raises(SpfError, match="base model ./missing: folder does not exist"):
         register_model(lora_adapter, "./missing", metrics={}, lineage={})
+
+
+def test_credentials_in_base_model_or_adapter_info_are_refused(embedded, lora_adapter, tmp_path):
+    import shutil
+
+    with pytest.raises(SpfError, match="--base-model: the reference contains credentials"):
+        register_model(lora_adapter, "s3://AKIAABCDEFGHIJKLMNOP:pw@host/models/sd", metrics={}, lineage={})
+    leaky = tmp_path / "leaky"
+    shutil.copytree(lora_adapter, leaky)
+    (leaky / "adapter_info.json").write_text(json.dumps(
+        {"method": "lora", "format": "lora", "placeholder_token": "<sks>", "hub": "hf_" + "q1W2e3R4" * 3}))
+    with pytest.raises(SpfError, match=r"leaky/adapter_info.json: hub look like credentials"):
+        register_model(leaky, "x/y", metrics={}, lineage={})

@@ -7,10 +7,16 @@ import threading
 
 import pytest
 
-from spf_lib.registry import RetryPolicy, lineage, mlflow_session, register_model
-from spf_lib.registry import flavors
-from tests._registry_helpers import (GOOD, lineage_for, lora_adapter, mlflow_server,  # noqa: F401
-                                     promotion_scenario, served, tiny_base)
+from spf_lib.registry import RetryPolicy, flavors, lineage, mlflow_session, register_model
+from tests._registry_helpers import (  # noqa: F401
+    GOOD,
+    lineage_for,
+    lora_adapter,
+    mlflow_server,
+    promotion_scenario,
+    served,
+    tiny_base,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -7,6 +7,7 @@ version and a missing key is visible instead of silently absent.
 from __future__ import annotations
 
 import logging
+import os
 import subprocess
 from pathlib import Path
 
@@ -27,15 +28,23 @@ def is_real(value: str | None) -> bool:
 
 
 def code_rev() -> str:
-    """The git sha of this project's checkout, or ``unknown`` (an installed wheel has no .git)."""
+    """``SPF_CODE_REV`` (baked into the component image), else the sha of this project's own git checkout.
+
+    Only a checkout whose top level IS the project counts: a wheel installed in a venv that happens to sit
+    inside some other repository must not report that repository's sha.
+    """
+    if env := os.environ.get("SPF_CODE_REV", "").strip():
+        return env
     root = Path(__file__).resolve().parents[2]
     try:
-        out = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
-                             timeout=5, check=False)
+        out = subprocess.run(["git", "-C", str(root), "rev-parse", "--show-toplevel", "HEAD"], capture_output=True,
+                             text=True, timeout=5, check=False)
     except (OSError, subprocess.TimeoutExpired):
         return UNKNOWN
-    sha = out.stdout.strip()
-    return sha if out.returncode == 0 and len(sha) == 40 else UNKNOWN
+    lines = out.stdout.split()
+    if out.returncode != 0 or len(lines) != 2 or Path(lines[0]).resolve() != root or len(lines[1]) != 40:
+        return UNKNOWN
+    return lines[1]
 
 
 def complete(lineage: dict | None, *, base_model: str, method: str) -> dict[str, str]:
