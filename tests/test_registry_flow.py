@@ -11,6 +11,7 @@ from tests._registry_helpers import (  # noqa: F401
     WORSE,
     embedded,
     embedded_store,
+    generate,
     lineage_for,
     lora_adapter,
     promotion_scenario,
@@ -32,7 +33,8 @@ def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
     return int(e.value.code or 0), out.out, out.err
 
 
-def test_cli_register_promote_lineage_rollback(embedded, lora_adapter, tiny_base, tmp_path, capsys):
+def test_cli_register_promote_lineage_rollback(embedded, lora_adapter, tiny_base, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("SPF_REGISTER_VALIDATE", "0")  # the library test above covers log-time validation
     good = tmp_path / "good.json"
     good.write_text(json.dumps({"pollution": 0.2, "clip_t": 0.3, "id_similarity": 0.8}))
     worse = tmp_path / "worse.json"
@@ -59,6 +61,7 @@ def test_cli_register_promote_lineage_rollback(embedded, lora_adapter, tiny_base
     assert code == 0 and "rolled back from version 2 to version 1" in out
     code, out, _ = run_cli(capsys, "lineage", "models:/cli-model@champion", "--json")
     assert json.loads(out)["lineage"]["data_rev"] == "rev-cli-1"
+    assert generate("models:/cli-model@champion")[:8] == b"\x89PNG\r\n\x1a\n"  # unvalidated logging still serves
     code, _, err = run_cli(capsys, "rollback", "cli-model")
     assert code == 2 and "no previous champion" in err
     code, _, err = run_cli(capsys, "lineage", "models:/nope@champion")

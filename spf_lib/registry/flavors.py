@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from importlib import metadata
 from pathlib import Path
 
@@ -69,14 +70,39 @@ def input_example():
     return pd.DataFrame({"prompt": [EXAMPLE_PROMPT]}), {"num_inference_steps": EXAMPLE_STEPS}
 
 
+def validate_example() -> bool:
+    """Whether MLflow should load the logged model and predict its input example at log time.
+
+    That check catches a broken adapter before it is registered, but it loads the base model in the register step
+    (seconds on the demo model, minutes and GBs of RAM for SD 1.5 on a CPU pod): ``SPF_REGISTER_VALIDATE=0`` skips it.
+    """
+    return os.environ.get("SPF_REGISTER_VALIDATE", "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+class _Flavor:
+    """Model.log hands its extra kwargs to ``flavor.save_model``; mlflow.diffusers.save_model rejects the
+    ``validate_serving_input`` switch that only Model.log reads, so this forwards everything else."""
+
+    def __init__(self, module) -> None:
+        self._module = module
+        self.__name__ = module.__name__
+
+    def save_model(self, *args, validate_serving_input: bool = True, **kwargs):
+        return self._module.save_model(*args, **kwargs)
+
+
 def log_lora(adapter_dir: Path, base_ref: str, run_id: str, name: str) -> str:
     """mlflow.diffusers: only the LoRA safetensors (+ adapter_info.json) travel; the base is a reference."""
     import mlflow.diffusers
+    from mlflow.models import Model
 
-    info = mlflow.diffusers.log_model(
-        str(adapter_dir), base_ref, adapter_type="lora", name=name, run_id=run_id,
-        pip_requirements=pinned(_RUNTIME), signature=signature(base_ref), input_example=input_example(),
-    )
+    common = {"name": name, "run_id": run_id, "pip_requirements": pinned(_RUNTIME),
+              "signature": signature(base_ref), "input_example": input_example()}
+    if validate_example():
+        info = mlflow.diffusers.log_model(str(adapter_dir), base_ref, adapter_type="lora", **common)
+    else:  # the call mlflow.diffusers.log_model wraps, with the one switch it cannot pass through
+        info = Model.log(artifact_path=None, flavor=_Flavor(mlflow.diffusers), adapter_path=str(adapter_dir),
+                         base_model=base_ref, adapter_type="lora", validate_serving_input=False, **common)
     return info.model_uri
 
 
@@ -89,7 +115,8 @@ def log_identity(adapter_dir: Path, base_ref: str, run_id: str, name: str) -> st
     # Model.log is what pyfunc.log_model calls; it is used directly because only it accepts run_id
     # (we log into a run without making it the process's active run).
     info = Model.log(
-        artifact_path=None, flavor=mlflow.pyfunc, name=name, python_model=str(entry), artifacts={"adapter": str(adapter_dir)},
+        artifact_path=None, flavor=_Flavor(mlflow.pyfunc), name=name, python_model=str(entry),
+        validate_serving_input=validate_example(), artifacts={"adapter": str(adapter_dir)},
         model_config={"base_model": base_ref}, run_id=run_id,
         pip_requirements=[*pinned(_RUNTIME), *pinned(["spf-portrait"])],
         signature=signature(base_ref, with_seed=True), input_example=input_example(),
