@@ -79,7 +79,7 @@ def format_lineage(info: dict) -> str:
                  f"{run.get('status', '?')})")
     for k, v in sorted(info["metrics"].items()):
         shown = f"{v:.6g}" if v is not None else f"unavailable: {info['unavailable'].get(k, 'no value')}"
-        lines.append(f"  metric {k:<10} {shown}")
+        lines.append(f"  {'metric ' + k:<17} {shown}")
     for k, v in sorted(info["promotion"].items()):
         lines.append(f"  {k:<17} {v}")
     return "\n".join(lines)
