@@ -24,7 +24,7 @@ from spf_lib.errors import SpfError
 
 log = logging.getLogger(__name__)
 
-DATA_REF_FILE = ".spf_data_ref.json"  # written by dvc_io.pull_data; carries data_rev/data_hash into lineage
+from spf_lib.data.dvc_io import DATA_REF_FILE  # written by pull_data; carries data_rev/data_hash into lineage
 
 
 def process_one(item: InputItem, cfg: PrepareConfig, crops_dir: Path) -> dict[str, Any]:
