@@ -57,3 +57,60 @@ def read_rejected(out: Path) -> dict[str, tuple[str, str]]:
 
     with open(out / "rejected.csv", newline="", encoding="utf-8") as f:
         return {r["source_path"]: (r["reason"], r["detail"]) for r in csv.DictReader(f)}
+
+
+def to_jpeg(arr_or_img, path: Path, **save_kw) -> Path:
+    from PIL import Image
+
+    img = Image.fromarray(arr_or_img) if isinstance(arr_or_img, np.ndarray) else arr_or_img
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img.save(path, format="JPEG", **save_kw)
+    return path
+
+
+def side_by_side(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    h = max(a.shape[0], b.shape[0])
+    canvas = np.full((h, a.shape[1] + b.shape[1], 3), 255, np.uint8)
+    canvas[: a.shape[0], : a.shape[1]] = a
+    canvas[: b.shape[0], a.shape[1]:] = b
+    return canvas
+
+
+def resized(arr: np.ndarray, w: int, h: int) -> np.ndarray:
+    from PIL import Image
+
+    return np.asarray(Image.fromarray(arr).resize((w, h), Image.Resampling.BILINEAR))
+
+
+class OpenRecorder:
+    """Records every path this process opens (sys audit hook "open"), to prove what was and was not touched.
+
+    Audit hooks cannot be removed, so one module-level hook is installed once and switched on/off.
+    """
+
+    _instance: OpenRecorder | None = None
+
+    def __init__(self) -> None:
+        self.active = False
+        self.reads: list[str] = []
+        self.writes: list[str] = []
+
+    @classmethod
+    def get(cls) -> OpenRecorder:
+        import sys
+
+        if cls._instance is None:
+            cls._instance = cls()
+            sys.addaudithook(cls._instance._hook)
+        return cls._instance
+
+    def _hook(self, event: str, args: tuple) -> None:
+        if not self.active or event != "open" or not args or not isinstance(args[0], (str, bytes, Path)):
+            return
+        import os
+
+        path = os.fsdecode(args[0])
+        mode = args[1] if len(args) > 1 and isinstance(args[1], str) else ""
+        flags = args[2] if len(args) > 2 and isinstance(args[2], int) else 0
+        writing = any(c in mode for c in "wax+") or bool(flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT))
+        (self.writes if writing else self.reads).append(path)

@@ -25,6 +25,7 @@ class PrepareConfig:
     target_phrase: str = "wearing round glasses"  # caption phrase that is the attribute being taught
     require_target: bool = False  # reject captions without the target phrase
     multi_face: str = "largest"  # several faces: keep the "largest" or "reject" the image
+    extra_face_min_score: float = 0.5  # a detection counts as a face (multi-face policy) only at this HOG score
     min_face_px: int = 64  # detected face box side below this (source pixels) -> face_too_small
     min_det_score: float = 0.0  # dlib HOG score below this -> low_det_score
     upsample: int | None = None  # HOG upsampling; None = 1 for images whose short side < 400 px, else 0

@@ -61,7 +61,8 @@ class Face:
 
 
 def detect_and_align(rgb: np.ndarray, *, size: int, padding: float, upsample: int | None, detect_max_side: int,
-                     multi_face: str, min_face_px: int, min_det_score: float) -> Face:
+                     multi_face: str, min_face_px: int, min_det_score: float,
+                     extra_face_min_score: float = 0.5) -> Face:
     """Find the face to keep and crop it; policies that reject raise `Rejected` with their reason."""
     import dlib
 
@@ -73,7 +74,10 @@ def detect_and_align(rgb: np.ndarray, *, size: int, padding: float, upsample: in
     rects, scores, _ = models.detector.run(small, ups, 0.0)
     if not rects:
         raise Rejected("no_face", f"dlib HOG found no face (upsample={ups})")
-    dets = sorted(zip(rects, scores, strict=True), key=lambda rs: -rs[0].width() * rs[0].height())
+    found = list(zip(rects, scores, strict=True))
+    # Weak HOG hits on clothing or background are common; they do not make a second face.
+    confident = [d for d in found if d[1] >= extra_face_min_score] or [max(found, key=lambda rs: rs[1])]
+    dets = sorted(confident, key=lambda rs: -rs[0].width() * rs[0].height())
     if len(dets) > 1 and multi_face == "reject":
         raise Rejected("multiple_faces", f"{len(dets)} faces and multi_face=reject")
     rect, score = dets[0]

@@ -52,7 +52,7 @@ def build_expectations(cfg: PrepareConfig, n_input: int) -> list:
     mostly = 1.0 - cfg.qa_tolerance
     min_rows = max(cfg.min_kept, math.ceil(cfg.min_kept_fraction * n_input))
     exps = [
-        E.ExpectTableRowCountToBeBetween(min_value=min_rows, max_value=n_input),
+        E.ExpectTableRowCountToBeBetween(min_value=min_rows, max_value=max(n_input, min_rows)),
         E.ExpectColumnValuesToBeUnique(column="id"),
         E.ExpectColumnValuesToNotBeNull(column="id"),
         E.ExpectColumnValuesToMatchRegex(column="id", regex=r"^[0-9a-f]{16}$", mostly=mostly),
