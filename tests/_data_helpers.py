@@ -114,3 +114,43 @@ class OpenRecorder:
         flags = args[2] if len(args) > 2 and isinstance(args[2], int) else 0
         writing = any(c in mode for c in "wax+") or bool(flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT))
         (self.writes if writing else self.reads).append(path)
+
+
+def run_cli(argv: list[str]) -> int:
+    """Run `spf ...` through the real entry point (SpfError -> exit 2); return the exit code."""
+    from spf_lib.cli.main import main
+
+    try:
+        main(argv)
+    except SystemExit as e:
+        return int(e.code or 0)
+    return 0
+
+
+def git(cwd: Path, *args: str) -> str:
+    import subprocess
+
+    return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, text=True).stdout.strip()
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def make_data_repo(base: Path, remote_url: str, **track_kw) -> tuple[Path, list[tuple[str, str]]]:
+    """A DVC data repo with two revisions of `data`: v1 = two portraits, v2 = + a mirrored portrait."""
+    from spf_lib.data.dvc_io import track_dataset
+
+    repo = base / "datarepo"
+    two_portraits(repo / "data")
+    revs = [track_dataset(repo, remote_url=remote_url, message="data v1", **track_kw)]
+    save_png(np.ascontiguousarray(grace_hopper()[:, ::-1]), repo / "data" / "images" / "grace_mirror.png")
+    with open(repo / "data" / "captions.jsonl", "a", encoding="utf-8") as f:
+        f.write(json.dumps({"file": "images/grace_mirror.png",
+                            "caption": "a photo of a woman, navy uniform, wearing round glasses"}) + "\n")
+    revs.append(track_dataset(repo, remote_url=remote_url, message="data v2", **track_kw))
+    return repo, revs

@@ -93,8 +93,10 @@ def pull_data(repo: str, rev: str, out_dir: str | Path, *, remote: str | None = 
         raise
     except (DvcException, SCMError) as e:
         raise SpfError(f"--repo {repo} @ {rev}: {type(e).__name__}: {_one_line(e)}") from e
-    except (OSError, ValueError) as e:  # network, missing objects on the remote, bad URL
-        raise SpfError(f"--repo {repo} @ {rev}: cannot read data ({type(e).__name__}: {_one_line(e)})") from e
+    except Exception as e:  # dvc_data/fsspec/botocore raise many types: missing objects, network, bad URL
+        cause = e.__cause__ or e
+        raise SpfError(f"--repo {repo} @ {rev}: cannot read data ({type(e).__name__}: {_one_line(e)}"
+                       + (f"; {type(cause).__name__}: {_one_line(cause)}" if cause is not e else "") + ")") from e
     log.info("pulled %s@%s (%s) into %s", repo, resolved, md5, out_dir)
     return DataRef(rev=resolved, data_hash=md5, path=out_dir)
 
@@ -112,11 +114,14 @@ def _git(repo_dir: Path, *args: str) -> str:
 
 def track_dataset(repo_dir: str | Path, data_dir_name: str = DATA_OUT, *, remote_url: str,
                   remote_name: str = "storage", endpoint_url: str | None = None,
-                  message: str = "data: update", push: bool = True) -> tuple[str, str]:
+                  message: str = "data: update", push: bool = True,
+                  local_endpoint: bool = False) -> tuple[str, str]:
     """Version ``repo_dir/data`` with DVC and push it; return (git commit sha, data md5).
 
     The remote is configured and committed before the first data commit, so every data revision in history knows
     its remote (a remote added later, e.g. only in config.local, breaks reading old revisions).
+    ``local_endpoint=True`` keeps the S3 endpoint out of git (``.dvc/config.local``): readers then supply it from
+    their own configuration (``remote_config`` or ``SPF_DVC_ENDPOINT_URL``).
     """
     from dvc.exceptions import DvcException
     from dvc.repo import Repo
@@ -137,7 +142,11 @@ def track_dataset(repo_dir: str | Path, data_dir_name: str = DATA_OUT, *, remote
         with _dvc_silenced(), contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
             repo = Repo.init(str(repo_dir)) if not (repo_dir / ".dvc").is_dir() else Repo(str(repo_dir))
             with repo:
-                _ensure_remote(repo, remote_name, remote_url, endpoint_url)
+                _ensure_remote(repo, remote_name, remote_url, None if local_endpoint else endpoint_url)
+                if local_endpoint and endpoint_url:
+                    with repo.config.edit("local") as conf:
+                        conf["remote"][remote_name] = {**conf["remote"].get(remote_name, {}),
+                                                       "endpointurl": endpoint_url}
                 _git(repo_dir, "add", *[p for p in (".dvc/config", ".dvc/.gitignore", ".dvcignore")
                                         if (repo_dir / p).exists()])
                 if _git_dirty(repo_dir):
