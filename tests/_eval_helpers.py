@@ -74,3 +74,40 @@ def eval_config(tmp: Path, adapter: Path, base: Path, **kw):
                     log_mlflow=False)
     defaults.update(kw)
     return EvalConfig(base_model=str(base), adapter_dir=adapter, output_dir=tmp, **defaults)
+
+
+#: One eval set for the end-to-end tests: 1 base prompt x 2 seeds (+ the same with the target) = 4 images/model.
+SMALL_EVAL_SET = {**TINY_EVAL_SET, "base_prompts": TINY_EVAL_SET["base_prompts"][:1]}
+_CACHE: dict = {}
+
+
+def shared_root(tmp_path_factory) -> Path:
+    if "root" not in _CACHE:
+        _CACHE["root"] = tmp_path_factory.mktemp("eval-shared")
+    return _CACHE["root"]
+
+
+def evaluated(tmp_path_factory, scale: float, **kw):
+    """Evaluate the tiny base + a LoRA of ``scale`` once per pytest session (several test files read the output)."""
+    from spf_lib.eval.run import evaluate
+
+    key = (scale, tuple(sorted(kw.items())))
+    if key not in _CACHE:
+        root = shared_root(tmp_path_factory)
+        base = tiny_base(root)
+        adapter = root / f"adapter-{scale}"
+        if not adapter.exists():
+            lora_adapter(base, adapter, scale)
+        out = root / f"eval-{len(_CACHE)}"
+        kw = {"eval_set": SMALL_EVAL_SET, **kw}
+        _CACHE[key] = evaluate(eval_config(out, adapter, base, **kw))
+    return _CACHE[key]
+
+
+def tiny_clip(tmp_path_factory) -> Path:
+    from spf_lib.models.factory import save_tiny_clip
+
+    out = shared_root(tmp_path_factory) / "tiny-clip"
+    if not out.exists():
+        save_tiny_clip(out)
+    return out
