@@ -1,1 +1,14 @@
+"""MLflow registration with lineage, the champion/challenger promotion gate, rollback and lineage lookup.
 
+No module here imports mlflow at import time (except ``pyfunc_model``, which only MLflow loads).
+"""
+
+from spf_lib.registry.gate import CHALLENGER, CHAMPION, PREVIOUS, GateRules, MetricRule
+from spf_lib.registry.lineage import format_lineage, lineage
+from spf_lib.registry.promotion import GateFailed, PromotionResult, RollbackResult, promote, rollback
+from spf_lib.registry.register import RegisteredVersion, register_model
+from spf_lib.registry.session import RetryPolicy
+
+__all__ = ["CHALLENGER", "CHAMPION", "PREVIOUS", "GateFailed", "GateRules", "MetricRule", "PromotionResult",
+           "RegisteredVersion", "RetryPolicy", "RollbackResult", "format_lineage", "lineage", "promote",
+           "register_model", "rollback"]

@@ -1,0 +1,182 @@
+"""The promotion gate: a challenger takes `champion` only if its metrics pass rules relative to the champion.
+
+Each rule compares one metric: ``lower`` is better (pollution) or ``higher`` is better (CLIP-T, ID). ``epsilon``
+is the tolerated regression against the current champion; ``bound`` is an absolute limit that holds even for the
+first model. A metric that is missing or was marked unavailable by the evaluation is never silently treated as a
+pass: ``on_missing`` says whether it fails the gate (default) or is skipped, and the result says which happened.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from spf_lib.errors import SpfError
+from spf_lib.registry.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+CHAMPION = "champion"
+CHALLENGER = "challenger"
+PREVIOUS = "previous-champion"
+
+
+class MetricRule(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    metric: str = Field(min_length=1, description="metric name as in the evaluation's metrics.json")
+    better: Literal["lower", "higher"] = Field(description="which direction is an improvement")
+    epsilon: float | None = Field(default=None, ge=0, description="tolerated regression vs the champion; "
+                                  "None = not compared with the champion")
+    bound: float | None = Field(default=None, description="absolute limit: max for 'lower', min for 'higher'")
+
+    @model_validator(mode="after")
+    def _some_check(self) -> MetricRule:
+        if self.epsilon is None and self.bound is None:
+            raise ValueError(f"rule for {self.metric!r}: give epsilon, bound or both")
+        return self
+
+    def describe(self) -> str:
+        op = "<=" if self.better == "lower" else ">="
+        parts = []
+        if self.epsilon is not None:
+            parts.append(f"{self.metric} {op} champion {'+' if self.better == 'lower' else '-'} {self.epsilon:g}")
+        if self.bound is not None:
+            parts.append(f"{self.metric} {op} {self.bound:g}")
+        return " and ".join(parts)
+
+
+def default_rules() -> list[MetricRule]:
+    return [
+        MetricRule(metric="pollution", better="lower", epsilon=0.01, bound=0.5),
+        MetricRule(metric="clip_t", better="higher", epsilon=0.01),
+        MetricRule(metric="id_similarity", better="higher", bound=0.0),
+    ]
+
+
+class GateRules(BaseModel):
+    """The rules file of `spf promote --rules` (YAML or JSON) has exactly these fields."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    rules: list[MetricRule] = Field(default_factory=default_rules)
+    on_missing: Literal["fail", "skip"] = "fail"
+
+    @field_validator("rules")
+    @classmethod
+    def _unique(cls, rules: list[MetricRule]) -> list[MetricRule]:
+        names = [r.metric for r in rules]
+        if dupes := sorted({n for n in names if names.count(n) > 1}):
+            raise ValueError(f"metric(s) {dupes} have more than one rule")
+        return rules
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> GateRules:
+        import yaml
+
+        p = Path(path)
+        if not p.is_file():
+            raise SpfError(f"--rules {p}: no such file")
+        try:
+            raw = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as e:
+            raise SpfError(f"--rules {p}: not valid YAML/JSON ({str(e).splitlines()[0]})") from e
+        return cls.parse(raw, source=str(p))
+
+    @classmethod
+    def parse(cls, raw: object, *, source: str = "rules") -> GateRules:
+        try:
+            return cls.model_validate(raw)
+        except ValidationError as e:
+            err = e.errors()[0]
+            where = ".".join(str(x) for x in err["loc"]) or "(top level)"
+            raise SpfError(f"{source}: {where}: {err['msg']} (got {err.get('input')!r})") from e
+
+    def with_rule(self, metric: str, **changes) -> GateRules:
+        """Copy with one rule's fields changed (added if absent); the CLI's --pollution-max etc. use this."""
+        rules = [r.model_copy() for r in self.rules]
+        for i, r in enumerate(rules):
+            if r.metric == metric:
+                rules[i] = MetricRule.model_validate({**r.model_dump(), **changes})
+                break
+        else:
+            rules.append(MetricRule.model_validate({"metric": metric, **changes}))
+        return GateRules(rules=rules, on_missing=self.on_missing)
+
+
+@dataclass(frozen=True)
+class Check:
+    metric: str
+    passed: bool
+    skipped: bool
+    reason: str
+
+
+@dataclass(frozen=True)
+class GateVerdict:
+    checks: list[Check] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return all(c.passed for c in self.checks)
+
+    @property
+    def failed(self) -> list[Check]:
+        return [c for c in self.checks if not c.passed]
+
+
+def _missing(rule: MetricRule, who: str, metrics: Metrics, on_missing: str) -> Check | None:
+    if metrics.values.get(rule.metric) is not None:
+        return None
+    why = metrics.unavailable.get(rule.metric)
+    state = f"unavailable ({why})" if why else "missing"
+    if on_missing == "skip":
+        return Check(rule.metric, True, True, f"{rule.metric}: {who} value {state}; rule skipped (on_missing=skip)")
+    return Check(rule.metric, False, False, f"{rule.metric}: {who} value {state}; required by rule "
+                 f"'{rule.describe()}' (on_missing=fail)")
+
+
+def evaluate_gate(rules: GateRules, challenger: Metrics, champion: Metrics | None) -> GateVerdict:
+    """Pure decision: no registry access, so every rule outcome is testable on plain numbers."""
+    checks: list[Check] = []
+    for rule in rules.rules:
+        if (miss := _missing(rule, "challenger", challenger, rules.on_missing)) is not None:
+            checks.append(miss)
+            continue
+        value = float(challenger.values[rule.metric])  # type: ignore[arg-type]
+        lower = rule.better == "lower"
+        if rule.bound is not None:
+            ok = value <= rule.bound if lower else value >= rule.bound
+            if not ok:
+                checks.append(Check(rule.metric, False, False, f"{rule.metric}={value:.6g} violates absolute bound "
+                                    f"{'<=' if lower else '>='} {rule.bound:g}"))
+                continue
+        if rule.epsilon is not None and champion is not None:
+            if champion.values.get(rule.metric) is None:  # cannot compare: say so, never block forever on it
+                why = champion.unavailable.get(rule.metric, "missing")
+                checks.append(Check(rule.metric, True, True, f"{rule.metric}={value:.6g}; champion has no value "
+                                    f"({why}), relative check skipped"))
+                continue
+            ref = float(champion.values[rule.metric])  # type: ignore[arg-type]
+            limit = ref + rule.epsilon if lower else ref - rule.epsilon
+            ok = value <= limit if lower else value >= limit
+            if not ok:
+                checks.append(Check(rule.metric, False, False,
+                                    f"{rule.metric}={value:.6g} is worse than champion {ref:.6g} by more than "
+                                    f"epsilon {rule.epsilon:g} (limit {limit:.6g})"))
+                continue
+            checks.append(Check(rule.metric, True, False, f"{rule.metric}={value:.6g} ok vs champion {ref:.6g}"))
+            continue
+        note = "no champion yet; only the bound applies" if rule.epsilon is not None and rule.bound is not None \
+            else ("no champion yet; nothing to compare" if rule.epsilon is not None else "within bound")
+        checks.append(Check(rule.metric, True, rule.bound is None, f"{rule.metric}={value:.6g} ok ({note})"))
+    return GateVerdict(checks)
+
+
+def rules_json(rules: GateRules) -> str:
+    return json.dumps(rules.model_dump(), sort_keys=True)

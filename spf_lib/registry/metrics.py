@@ -1,0 +1,73 @@
+"""Evaluation metrics as the registry sees them: a number, or explicitly unavailable with a reason.
+
+The evaluation stage writes ``{name: float | None, ..., "unavailable": {name: reason}}``. A metric that could not
+be computed must stay distinguishable from one that was never asked for: the gate reports both differently.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from spf_lib.errors import SpfError
+
+TAG_PREFIX = "metric."
+UNAVAILABLE_PREFIX = "unavailable: "
+
+
+@dataclass(frozen=True)
+class Metrics:
+    values: dict[str, float | None] = field(default_factory=dict)
+    unavailable: dict[str, str] = field(default_factory=dict)
+
+    def as_tags(self) -> dict[str, str]:
+        tags = {f"{TAG_PREFIX}{k}": repr(float(v)) for k, v in self.values.items() if v is not None}
+        for k in set(self.values) | set(self.unavailable):
+            if self.values.get(k) is None:
+                tags[f"{TAG_PREFIX}{k}"] = UNAVAILABLE_PREFIX + self.unavailable.get(k, "no value")[:500]
+        return tags
+
+    @classmethod
+    def from_tags(cls, tags: dict[str, str]) -> Metrics:
+        values: dict[str, float | None] = {}
+        unavailable: dict[str, str] = {}
+        for k, v in tags.items():
+            if not k.startswith(TAG_PREFIX):
+                continue
+            name = k[len(TAG_PREFIX):]
+            if v.startswith(UNAVAILABLE_PREFIX):
+                values[name] = None
+                unavailable[name] = v[len(UNAVAILABLE_PREFIX):]
+                continue
+            try:
+                values[name] = float(v)
+            except ValueError:
+                values[name] = None
+                unavailable[name] = f"tag value {v!r} is not a number"
+        return cls(values, unavailable)
+
+
+def parse_metrics(raw: dict, *, source: str) -> Metrics:
+    """Validate ``raw`` (metrics.json shape); bad entries name ``source`` and the key."""
+    if not isinstance(raw, dict):
+        raise SpfError(f"{source}: expected an object of metric name -> number")
+    unavailable = raw.get("unavailable") or {}
+    if not isinstance(unavailable, dict):
+        raise SpfError(f"{source}: 'unavailable' must be an object of metric name -> reason")
+    unavailable = dict(unavailable)
+    values: dict[str, float | None] = {}
+    for k, v in raw.items():
+        if k == "unavailable":
+            continue
+        if not isinstance(k, str) or not k or len(k) > 200:
+            raise SpfError(f"{source}: metric name {k!r} is not a short string")
+        if v is None:
+            values[k] = None
+        elif isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise SpfError(f"{source}: metric {k!r} = {v!r} is not a number or null")
+        elif not math.isfinite(float(v)):
+            values[k] = None
+            unavailable.setdefault(k, f"non-finite value {v}")
+        else:
+            values[k] = float(v)
+    return Metrics(values, {str(k): str(r) for k, r in unavailable.items()})

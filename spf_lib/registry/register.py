@@ -1,0 +1,212 @@
+"""Register a trained adapter as a new MLflow model version with full lineage; new versions become `challenger`.
+
+LoRA-format adapters use MLflow's own ``mlflow.diffusers`` flavor (adapter safetensors + base-model reference; its
+pyfunc loads base + adapter and returns PNG bytes). Identity methods whose adapters need our loader are logged as a
+models-from-code pyfunc (no pickle) that calls ``spf_lib.methods.load_adapter`` on the base pipeline.
+
+The operation is idempotent per ``kfp_run_id``: KFP retries a failed step by running it again, and a retry after
+the version was created must not create a second one, so we look the version up by tag first.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from spf_lib.errors import SpfError
+from spf_lib.registry import lineage_keys as lk
+from spf_lib.registry.gate import CHALLENGER
+from spf_lib.registry.metrics import Metrics, parse_metrics
+from spf_lib.registry.scrub import scrub
+from spf_lib.registry.session import (RetryPolicy, mlflow_session, redact_uri, resolve_experiment_id,
+                                      with_retries)
+from spf_lib.settings import Settings
+
+log = logging.getLogger(__name__)
+
+MODEL_ARTIFACT = "model"
+
+
+@dataclass(frozen=True)
+class RegisteredVersion:
+    name: str
+    version: str
+    run_id: str
+    aliases: tuple[str, ...] = ()
+    created: bool = True  # False when an earlier attempt of the same kfp_run_id had already registered it
+    seconds: float = field(default=0.0, compare=False)
+
+    @property
+    def model_uri(self) -> str:
+        return f"models:/{self.name}/{self.version}"
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "version": self.version, "run_id": self.run_id, "aliases": list(self.aliases),
+                "created": self.created, "model_uri": self.model_uri}
+
+
+def register_model(
+    adapter_dir: str | Path,
+    base_model: str,
+    *,
+    metrics: dict | None,
+    lineage: dict,
+    model_name: str | None = None,
+    eval_dir: str | Path | None = None,
+    run_id: str | None = None,
+    settings: Settings | None = None,
+    retry: RetryPolicy | None = None,
+) -> RegisteredVersion:
+    """Log ``adapter_dir`` (on ``base_model``) with lineage + metrics, register it and give it ``challenger``."""
+    from spf_lib.methods import read_adapter_info
+
+    t0 = time.perf_counter()
+    adapter_dir = Path(adapter_dir)
+    if not adapter_dir.is_dir():
+        raise SpfError(f"--adapter {adapter_dir}: not a folder")
+    info = read_adapter_info(adapter_dir)
+    eval_dir = Path(eval_dir) if eval_dir else None
+    if eval_dir is not None and not eval_dir.is_dir():
+        raise SpfError(f"eval_dir {eval_dir}: not a folder")
+    if metrics is None and eval_dir is not None and (eval_dir / "metrics.json").is_file():
+        metrics = _read_json(eval_dir / "metrics.json")
+    parsed = parse_metrics(metrics or {}, source="metrics")
+    settings = settings or Settings.from_env()
+    name = _check_name(model_name or settings.model_name)
+    base_ref = _base_reference(base_model)
+    tags = lk.complete(lineage, base_model=base_ref, method=str(info.get("method", "unknown")))
+    with mlflow_session(settings) as s:
+        target = redact_uri(s.tracking_uri)
+        rv = with_retries(
+            f"register {name}",
+            lambda: _register_once(adapter_dir, info, base_ref, parsed, tags, name, eval_dir, run_id, s),
+            target=target, policy=retry,
+        )
+    rv = RegisteredVersion(rv.name, rv.version, rv.run_id, rv.aliases, rv.created, time.perf_counter() - t0)
+    log.info("registered %s version %s (run %s) in %.1f s", name, rv.version, rv.run_id, rv.seconds)
+    return rv
+
+
+def _register_once(adapter_dir: Path, info: dict, base_ref: str, metrics: Metrics, tags: dict[str, str],
+                   name: str, eval_dir: Path | None, run_id: str | None, settings: Settings) -> RegisteredVersion:
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    kfp_run_id = tags.get("kfp_run_id", lk.UNKNOWN)
+    if existing := find_existing_version(client, name, kfp_run_id):
+        aliases = tuple(existing.aliases)
+        if not aliases:  # the earlier attempt died between version creation and alias: finish its work
+            client.set_registered_model_alias(name, CHALLENGER, existing.version)
+            aliases = (CHALLENGER,)
+        log.info("%s: kfp_run_id=%s already registered as version %s; not creating another",
+                 name, kfp_run_id, existing.version)
+        return RegisteredVersion(name, str(existing.version), existing.run_id or "", aliases, created=False)
+
+    exp_id = resolve_experiment_id(settings)
+    run_id, owned = _open_run(client, exp_id, run_id, kfp_run_id)
+    version_tags = {**tags, **metrics.as_tags(), "spf.adapter_format": str(info.get("format", "")),
+                    "spf.run_id": run_id}
+    _log_run_data(client, run_id, tags, metrics, info)
+    from spf_lib.registry.card import log_model_card
+
+    log_model_card(client, run_id, name=name, tags=tags, metrics=metrics, eval_dir=eval_dir)
+    model_uri = _log_adapter_model(adapter_dir, info, base_ref, run_id)
+    mv = mlflow.register_model(model_uri, name, tags=version_tags, await_registration_for=60)
+    client.set_registered_model_alias(name, CHALLENGER, mv.version)
+    if owned:
+        client.set_terminated(run_id, "FINISHED")
+    return RegisteredVersion(name, str(mv.version), run_id, (CHALLENGER,))
+
+
+def find_existing_version(client, name: str, kfp_run_id: str):
+    """The version an earlier attempt of the same KFP run registered, or None (placeholders never match)."""
+    if not lk.is_real(kfp_run_id):
+        return None
+    from mlflow.exceptions import MlflowException
+
+    try:
+        found = client.search_model_versions(f"name = '{_q(name)}' and tags.kfp_run_id = '{_q(kfp_run_id)}'")
+    except MlflowException as e:
+        if "RESOURCE_DOES_NOT_EXIST" in str(e.error_code):
+            return None
+        raise
+    if not found:
+        return None
+    first = min(found, key=lambda v: int(v.version))
+    return client.get_model_version(name, first.version)  # search results may omit aliases
+
+
+def _open_run(client, exp_id: str, run_id: str | None, kfp_run_id: str) -> tuple[str, bool]:
+    """(run id, whether we own its lifecycle). An injected run (argument or MLFLOW_RUN_ID) is the platform's."""
+    injected = run_id or os.environ.get("MLFLOW_RUN_ID")
+    if injected:
+        client.get_run(injected)  # fail early and clearly if it does not exist
+        return injected, False
+    if lk.is_real(kfp_run_id):  # a retry of the same KFP step reuses the run the first attempt created
+        runs = client.search_runs([exp_id], f"tags.kfp_run_id = '{_q(kfp_run_id)}' and tags.`spf.stage` = 'register'",
+                                  max_results=1)
+        if runs:
+            return runs[0].info.run_id, True
+    run = client.create_run(exp_id, run_name=f"register-{kfp_run_id}" if lk.is_real(kfp_run_id) else None,
+                            tags={"spf.stage": "register", "kfp_run_id": kfp_run_id})
+    return run.info.run_id, True
+
+
+def _log_run_data(client, run_id: str, tags: dict[str, str], metrics: Metrics, info: dict) -> None:
+    from mlflow.entities import Metric, Param, RunTag
+
+    existing = client.get_run(run_id).data.params
+    params = {"adapter_format": str(info.get("format", "")), "method": tags["method"],
+              "base_model": tags["base_model"], "config_hash": tags["config_hash"]}
+    params, _ = scrub(params)
+    now = int(time.time() * 1000)
+    client.log_batch(
+        run_id,
+        metrics=[Metric(k, v, now, 0) for k, v in metrics.values.items() if v is not None],
+        params=[Param(k, v) for k, v in params.items() if k not in existing],
+        tags=[RunTag(k, v) for k, v in tags.items()],
+    )
+
+
+def _log_adapter_model(adapter_dir: Path, info: dict, base_ref: str, run_id: str) -> str:
+    from spf_lib.registry import flavors
+
+    if info.get("format") == "lora":
+        return flavors.log_lora(adapter_dir, base_ref, run_id, MODEL_ARTIFACT)
+    return flavors.log_identity(adapter_dir, base_ref, run_id, MODEL_ARTIFACT)
+
+
+def _base_reference(base_model: str) -> str:
+    """A local folder becomes absolute (so the model loads from any cwd); hub ids and s3:// stay as given."""
+    if not base_model or not base_model.strip():
+        raise SpfError("--base-model: empty; give a local folder, a hub id or s3://bucket/prefix")
+    if base_model.startswith("s3://"):
+        return base_model
+    from spf_lib.models.loading import resolve_model_ref
+
+    return resolve_model_ref(base_model)
+
+
+def _check_name(name: str) -> str:
+    if not name or not name.strip() or any(c in name for c in "/@'\"") or name != name.strip():
+        raise SpfError(f"model name {name!r}: must be non-empty without / @ quotes or surrounding spaces")
+    return name
+
+
+def _read_json(path: Path) -> dict:
+    import json
+
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise SpfError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from e
+    if not isinstance(data, dict):
+        raise SpfError(f"{path}: expected a JSON object of metric name -> number")
+    return data
+
+
+def _q(text: str) -> str:
+    return text.replace("'", "\\'")
