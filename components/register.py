@@ -30,6 +30,6 @@ def register_model(
     result = register_stage(Path(model.path) / "adapter", evaluation.path, base_model, model_name,
                             json.loads(lineage_json), promote, gate_rules_json, run_id=mlflow_run_id or None)
     reg = result["registered"]
-    promoted = bool(result["promotion"] and result["promotion"].get("promoted"))
+    promoted = bool(result["promotion"] and result["promotion"].get("passed"))
     out = namedtuple("RegisterOutputs", ["model_uri", "version", "promoted", "summary"])
     return out(f"models:/{reg['name']}/{reg['version']}", str(reg["version"]), promoted, json.dumps(result))

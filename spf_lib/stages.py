@@ -99,19 +99,34 @@ def evaluate_stage(adapter_dir: str | Path, base_model: str, config_json: str, o
     return to_dict(result)
 
 
+def split_metrics(raw: dict) -> tuple[dict, dict[str, str]]:
+    """Numbers (and ``unavailable`` reasons) become registry metrics; the eval set's identity becomes lineage.
+
+    ``metrics.json`` also carries descriptive entries (formulas, component breakdowns) that stay in the evaluation
+    artifact rather than the registry.
+    """
+    numeric = {k: v for k, v in raw.items()
+               if k == "unavailable" or v is None or (isinstance(v, (int, float)) and not isinstance(v, bool))}
+    eval_set = raw.get("eval_set") if isinstance(raw.get("eval_set"), dict) else {}
+    lineage = {f"eval_set_{k}": str(eval_set[k]) for k in ("name", "version", "hash") if k in eval_set}
+    return numeric, lineage
+
+
 def register_stage(adapter_dir: str | Path, eval_dir: str | Path | None, base_model: str, model_name: str,
                    lineage: dict[str, str], promote: bool, gate_json: str, run_id: str | None = None) -> dict:
     """Register the adapter with lineage and metrics, then run the promotion gate when asked."""
-    from spf_lib.registry import promote as promote_mod
+    from spf_lib.registry.gate import GateRules
+    from spf_lib.registry.promotion import promote as run_gate
     from spf_lib.registry.register import register_model
 
     metrics: dict = {}
     if eval_dir and (Path(eval_dir) / "metrics.json").is_file():
-        metrics = json.loads((Path(eval_dir) / "metrics.json").read_text())
+        metrics, eval_lineage = split_metrics(json.loads((Path(eval_dir) / "metrics.json").read_text()))
+        lineage = {**lineage, **eval_lineage}
     version = register_model(adapter_dir, base_model, metrics=metrics, lineage=lineage, model_name=model_name,
                              eval_dir=eval_dir, run_id=run_id or None)
     out = {"registered": to_dict(version), "promotion": None}
     if promote:
-        rules = _build(promote_mod.GateRules, **parse_json_arg(gate_json, "gate_rules_json"))
-        out["promotion"] = to_dict(promote_mod.promote(model_name, rules))
+        rules = _build(GateRules, **parse_json_arg(gate_json, "gate_rules_json"))
+        out["promotion"] = to_dict(run_gate(model_name, rules))
     return out

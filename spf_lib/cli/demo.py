@@ -62,8 +62,7 @@ def print_summary(console, ws, out: dict, seconds: float) -> None:
     aliases = ", ".join(reg.get("aliases") or [])
     table.add_row("registered model", f"{reg['name']} version {reg['version']} (aliases: {aliases})")
     if promo:
-        table.add_row("promotion gate", "passed → champion" if promo.get("promoted") else
-                      f"not promoted: {promo.get('reason') or promo.get('failed_rules')}")
+        table.add_row("promotion gate", promo.get("message") or ("passed" if promo.get("passed") else "failed"))
     table.add_row("wall time", f"{seconds:.0f}s")
     console.print(table)
     console.print(f"Open the results: [bold]mlflow ui --backend-store-uri {ws.tracking_uri} --port 5000[/]")
