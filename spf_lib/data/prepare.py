@@ -99,6 +99,9 @@ def run_all(items: list[InputItem], cfg: PrepareConfig, crops_dir: Path) -> list
     methods = multiprocessing.get_all_start_methods()
     # forkserver: no fork of a parent that may hold threads (GX, torch); workers start from a clean interpreter.
     ctx = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
+    if ctx.get_start_method() == "forkserver":  # import once in the server, not once per worker
+        ctx.set_forkserver_preload(["numpy", "PIL.Image", "dlib", "scipy.fft", "spf_lib.data.prepare",
+                                    "spf_lib.data.faces"])
     chunk = max(1, min(16, len(items) // (n * 4)))
     from concurrent.futures.process import BrokenProcessPool
 
