@@ -99,8 +99,8 @@ def run(options: dict[str, str]) -> dict:
         figures["end_to_end_img_per_s"] = round(n / dt, 2)
         figures["kept"] = res.n_kept
     one, many = figures.get("face_stage_img_per_s_1w"), figures.get(f"face_stage_img_per_s_{cores}w")
-    notes = [f"{n} JPEG portraits 512x512, crops {size}px, {cores} cores (os.cpu_count), machine shared: "
-             f"load average {load0:.1f} at start, {os.getloadavg()[0]:.1f} at end",
+    notes = [(f"{n} JPEG portraits 512x512, crops {size}px, {cores} cores (os.cpu_count), machine shared: "
+             f"load average {load0:.1f} at start, {os.getloadavg()[0]:.1f} at end"),
              "pool start (forkserver + dlib model load per worker) is inside the timed face stage",
              "end to end adds a fixed ~5-15 s: Great Expectations import and validation, Data Docs, parquet"]
     cpu1 = figures.get("face_stage_cpu_ms_per_img_1w")
