@@ -38,8 +38,7 @@ def save_png(arr: np.ndarray, path: Path) -> Path:
 
 def write_jsonl(root: Path, entries: dict[str, str]) -> None:
     with open(root / "captions.jsonl", "w", encoding="utf-8") as f:
-        for file, cap in entries.items():
-            f.write(json.dumps({"file": file, "caption": cap}) + "\n")
+        f.writelines(json.dumps({"file": file, "caption": cap}) + "\n" for file, cap in entries.items())
 
 
 def two_portraits(root: Path) -> Path:

@@ -17,7 +17,15 @@ from PIL import Image, ImageFilter
 from spf_lib.data.config import PrepareConfig
 from spf_lib.data.prepare import prepare_dataset
 from tests._data_helpers import (
-    OpenRecorder, astronaut, grace_hopper, read_rejected, resized, save_png, side_by_side, to_jpeg, write_jsonl,
+    OpenRecorder,
+    astronaut,
+    grace_hopper,
+    read_rejected,
+    resized,
+    save_png,
+    side_by_side,
+    to_jpeg,
+    write_jsonl,
 )
 
 CAP = "a photo of a woman, short hair, wearing round glasses"
@@ -157,7 +165,7 @@ def test_caption_sources_and_details(corpus_run):
 
 
 def test_nothing_outside_read_or_written(corpus_run):
-    base, root, outside, out, _, before, reads, writes = corpus_run
+    base, _root, outside, out, _, before, reads, writes = corpus_run
     secret = str((outside / "secret.png").resolve())
     touched = [p for p in reads + writes if os.path.realpath(p) == secret or p.startswith(str(outside))]
     assert touched == [], touched

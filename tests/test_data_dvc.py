@@ -33,7 +33,7 @@ def test_track_makes_two_revisions(data_repo):
 
 
 def test_pull_each_revision_in_fresh_clone(data_repo, tmp_path):
-    base, repo, revs = data_repo
+    _base, repo, revs = data_repo
     clone = tmp_path / "clone"
     git(tmp_path, "clone", "-q", str(repo), str(clone))
     for i, (rev, h) in enumerate(revs):

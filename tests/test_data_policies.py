@@ -68,7 +68,7 @@ def test_pool_matches_serial(pooled, tmp_path):
 
 def test_multi_face_reject_policy_and_size():
     both = side_by_side(astronaut(), grace_hopper())
-    kw = dict(size=64, padding=0.6, upsample=None, detect_max_side=1024, min_face_px=64, min_det_score=0.0)
+    kw = {"size": 64, "padding": 0.6, "upsample": None, "detect_max_side": 1024, "min_face_px": 64, "min_det_score": 0.0}
     with pytest.raises(Rejected) as e:
         detect_and_align(both, multi_face="reject", **kw)
     assert e.value.reason == "multiple_faces"

@@ -24,7 +24,7 @@ def prepared(tmp_path_factory):
 
 
 def test_layout_and_counts(prepared):
-    root, out, result = prepared
+    _root, out, result = prepared
     assert result.n_input == 2 and result.n_kept == 2 and result.n_rejected == 0
     assert result.qa_passed and result.qa_failed == []
     for rel in ("manifest.parquet", "rejected.csv", "qa/summary.json", "qa/report.html", "qa/data_docs/index.html",
@@ -96,3 +96,26 @@ def test_output_inside_input_refused(tmp_path):
     root = two_portraits(tmp_path / "in")
     with pytest.raises(SpfError, match="must not be inside"):
         prepare_dataset(root, root / "out")
+
+
+def test_cli_synth_is_wired(tmp_path, capsys):
+    """Until the world engineer's synth_dataset lands the command fails with one clear line; afterwards it works."""
+    import importlib.util
+
+    from tests._data_helpers import run_cli
+
+    code = run_cli(["data", "synth", "--output", str(tmp_path / "s"), "--n", "2", "--seed", "1"])
+    if importlib.util.find_spec("spf_lib.data.synth") is None:
+        assert code == 2 and "synth_dataset is not available" in capsys.readouterr().err
+    else:
+        assert code == 0 and (tmp_path / "s" / "captions.jsonl").is_file()
+
+
+def test_cli_prepare_bad_config_one_line(tmp_path, capsys):
+    from tests._data_helpers import run_cli
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("prepare:\n  size: 64\n  min_blurr: 3\n")
+    code = run_cli(["data", "prepare", "--input", str(tmp_path), "--output", str(tmp_path / "o"), "--config", str(cfg)])
+    err = capsys.readouterr().err
+    assert code == 2 and "min_blurr" in err and err.count("\n") == 1

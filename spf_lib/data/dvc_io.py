@@ -106,7 +106,7 @@ def _one_line(e: BaseException) -> str:
 
 
 def _git(repo_dir: Path, *args: str) -> str:
-    proc = subprocess.run(["git", *args], cwd=repo_dir, capture_output=True, text=True)
+    proc = subprocess.run(["git", *args], cwd=repo_dir, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         raise SpfError(f"{repo_dir}: git {' '.join(args)} failed: {_one_line(Exception(proc.stderr))}")
     return proc.stdout.strip()
@@ -176,7 +176,7 @@ def _dvc_silenced():
 
 
 def _git_config(repo_dir: Path, key: str) -> str:
-    proc = subprocess.run(["git", "config", key], cwd=repo_dir, capture_output=True, text=True)
+    proc = subprocess.run(["git", "config", key], cwd=repo_dir, capture_output=True, text=True, check=False)
     return proc.stdout.strip()
 
 

@@ -74,7 +74,7 @@ def load_rgb(path: Path, *, max_pixels: int, max_file_bytes: int) -> LoadedImage
 def _orientation(im) -> int | None:
     try:
         return im.getexif().get(0x0112)
-    except Exception:
+    except Exception:  # noqa: BLE001 - a broken EXIF block must not reject a good image
         return None
 
 

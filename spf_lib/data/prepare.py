@@ -18,8 +18,8 @@ from typing import Any
 
 from spf_lib.data.captions import parse_caption, read_sidecar
 from spf_lib.data.config import PrepareConfig, PrepareResult
-from spf_lib.data.inputs import InputItem, discover
 from spf_lib.data.images import Rejected, load_rgb
+from spf_lib.data.inputs import InputItem, discover
 from spf_lib.errors import SpfError
 
 log = logging.getLogger(__name__)
@@ -33,7 +33,7 @@ def process_one(item: InputItem, cfg: PrepareConfig, crops_dir: Path) -> dict[st
         return _process(item, cfg, crops_dir)
     except Rejected as r:
         return {"kept": False, "source_path": item.source_path, "reason": r.reason, "detail": r.detail}
-    except Exception as e:  # a bug or an exotic codec must cost one image, not the run
+    except Exception as e:  # noqa: BLE001 - a bug or an exotic codec must cost one image, not the run
         log.warning("%s: unexpected %s: %s", item.source_path, type(e).__name__, e)
         return {"kept": False, "source_path": item.source_path, "reason": "processing_error",
                 "detail": f"{type(e).__name__}: {str(e)[:200]}"}
@@ -93,12 +93,15 @@ def run_all(items: list[InputItem], cfg: PrepareConfig, crops_dir: Path) -> list
 
     n = min(cfg.workers or os.cpu_count() or 1, len(items))
     fn = partial(process_one, cfg=cfg, crops_dir=crops_dir)
-    bar = dict(total=len(items), desc="prepare", unit="img", disable=None, leave=False)
+    bar = {"total": len(items), "desc": "prepare", "unit": "img", "disable": None, "leave": False}
     if n <= 1 or len(items) < 4:
         return [fn(it) for it in tqdm(items, **bar)]
     methods = multiprocessing.get_all_start_methods()
     # forkserver: no fork of a parent that may hold threads (GX, torch); workers start from a clean interpreter.
     ctx = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
+    if ctx.get_start_method() == "forkserver":  # import once in the server, not once per worker
+        ctx.set_forkserver_preload(["numpy", "PIL.Image", "dlib", "scipy.fft", "spf_lib.data.prepare",
+                                    "spf_lib.data.faces"])
     chunk = max(1, min(16, len(items) // (n * 4)))
     from concurrent.futures.process import BrokenProcessPool
 

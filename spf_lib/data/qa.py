@@ -146,5 +146,5 @@ def _quiet(ctx) -> None:
         from great_expectations.data_context.types.base import ProgressBarsConfig
 
         ctx.variables.progress_bars = ProgressBarsConfig(globally=False)
-    except Exception:  # older/newer GX: only cosmetics are lost
+    except Exception:  # noqa: BLE001 - older/newer GX: only cosmetics are lost
         log.debug("could not disable GX progress bars")
