@@ -91,7 +91,7 @@ def evaluated(tmp_path_factory, scale: float, **kw):
     """Evaluate the tiny base + a LoRA of ``scale`` once per pytest session (several test files read the output)."""
     from spf_lib.eval.run import evaluate
 
-    key = (scale, tuple(sorted(kw.items())))
+    key = (scale, json.dumps(kw, sort_keys=True, default=str))
     if key not in _CACHE:
         root = shared_root(tmp_path_factory)
         base = tiny_base(root)
