@@ -91,7 +91,7 @@ def lpips_fid(state: Any, base: list[EvalItem], orig: dict, tuned: dict, cfg: An
             d = lpips_distances(OnnxImageModel(cfg.lpips_model, "LPIPS"), a, b)
             state.time("lpips", time.perf_counter() - t0, 2 * len(base))
             for it, v in zip(base, d):
-                state.pairs[it.key]["lpips"] = v
+                state.pairs.setdefault(it.key, {})["lpips"] = v
             state.metrics["lpips"] = float(np.mean(d))
             state.drifts["lpips"] = float(np.clip(state.metrics["lpips"], 0.0, 1.0))
         except Exception as e:
