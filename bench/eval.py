@@ -49,14 +49,14 @@ def run(options: dict[str, str]) -> dict:
                  f"batch {batch}, {device})",
         "columns": ["stage", "images", "seconds", "images/s"],
         "rows": rows,
-        "figures": {"timings": res.timings, "identity_real_faces": faces, "generation_images_per_s": gen["images_per_s"],
-                    "resolution": resolution, "steps": steps, "batch": batch, "device": device,
+        "figures": {"timings": res.timings, "identity_real_faces": faces,
+                    "generation_images_per_s": gen["images_per_s"], "resolution": resolution, "steps": steps, "batch": batch, "device": device,
                     "pollution": res.metrics.get("pollution")},
         "notes": [
-            "generation counts original + tuned images (one pipeline, adapter off then on), classifier-free "
-            "guidance doubles the UNet batch",
-            "identity = dlib HOG detection + 5-point alignment + 128-d descriptor per image; with no face found "
-            "(tiny random models draw none) only detection is timed",
+            ("generation counts original + tuned images (one pipeline, adapter off then on), classifier-free "
+             "guidance doubles the UNet batch"),
+            ("identity = dlib HOG detection + 5-point alignment + 128-d descriptor per image; with no face found "
+             "(tiny random models draw none) only detection is timed, hence the real-face row"),
             "tiny CLIP is random: its timings are real, its scores are not reported as metrics",
         ],
     }

@@ -70,8 +70,8 @@ def grace_hopper():
 def eval_config(tmp: Path, adapter: Path, base: Path, **kw):
     from spf_lib.eval.config import EvalConfig
 
-    defaults = dict(eval_set=TINY_EVAL_SET, num_inference_steps=2, resolution=32, batch_size=4, progress=False,
-                    log_mlflow=False)
+    defaults = {"eval_set": TINY_EVAL_SET, "num_inference_steps": 2, "resolution": 32, "batch_size": 4,
+                "progress": False, "log_mlflow": False}
     defaults.update(kw)
     return EvalConfig(base_model=str(base), adapter_dir=adapter, output_dir=tmp, **defaults)
 

@@ -20,7 +20,7 @@ from tests._eval_helpers import astronaut, grace_hopper
 
 pytest.importorskip("onnxruntime")
 onnx = pytest.importorskip("onnx")
-from onnx import TensorProto, helper  # noqa: E402
+from onnx import TensorProto, helper
 
 BASE = [EvalItem("base", i, f"p{i}", 0) for i in range(3)]
 

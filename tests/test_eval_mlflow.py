@@ -43,10 +43,11 @@ def test_logs_into_the_run_given_by_id(tracking, tmp_path_factory):
     assert "eval/clip_t" not in data.metrics  # unavailable metrics are not logged as numbers
     arts = {a.path for a in client.list_artifacts(rid, "eval")}
     assert {"eval/pairs.json", "eval/report.html", "eval/metrics.json"} <= arts
-    table = json.loads(open(client.download_artifacts(rid, "eval/pairs.json")).read())
+    with open(client.download_artifacts(rid, "eval/pairs.json")) as f:
+        table = json.load(f)
     assert len(table["data"]) == len(items) and "ssim" in table["columns"] and "grid" in table["columns"]
     images = [a.path for a in client.list_artifacts(rid, "images")]
-    assert len([p for p in images if p.endswith(".png") or p.endswith(".webp")]) >= len(items)
+    assert len([p for p in images if p.endswith((".png", ".webp"))]) >= len(items)
 
 
 def test_no_run_no_logging(tracking, tmp_path_factory):
@@ -57,6 +58,7 @@ def test_no_run_no_logging(tracking, tmp_path_factory):
                           grids=_grids(res)) is None
 
 
+@pytest.mark.slow  # one more (small) evaluation
 def test_evaluate_logs_into_the_active_run(tracking, tmp_path_factory):
     import mlflow
 

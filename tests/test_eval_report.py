@@ -28,7 +28,7 @@ def _chromium(tmp_path: Path, *args: str) -> str:
     profile = tmp_path / "chromium-profile"
     profile.mkdir(exist_ok=True)
     proc = subprocess.run([CHROMIUM, *FLAGS, f"--user-data-dir={profile}", "--virtual-time-budget=10000", *args],
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=120, check=False)
     assert proc.returncode == 0, proc.stderr[-2000:]
     return proc.stdout
 

@@ -84,8 +84,9 @@ def render_report(out_dir: Path, *, title: str, metrics: dict[str, Any], unavail
                   pairs: dict[str, dict[str, Any]], paths: dict[str, dict[str, str]], embed: bool = True,
                   context: dict[str, Any] | None = None) -> str:
     """Return the report HTML. ``paths[kind][key]`` is the relative path of original/tuned/diff images."""
-    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-             f"<style>{CSS}</style></head><body>", f"<h1>{html.escape(title)}</h1>"]
+    head = (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+            f"<style>{CSS}</style></head><body>")
+    parts = [head, f"<h1>{html.escape(title)}</h1>"]
     ctx = {**(context or {}), "eval set": f"{eval_set['name']} v{eval_set['version']} "
                                            f"(sha256 {eval_set['hash'][:12]}…)", "target": eval_set["target"]}
     parts.append("<table>" + "".join(f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>"
