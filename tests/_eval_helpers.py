@@ -70,8 +70,8 @@ def grace_hopper():
 def eval_config(tmp: Path, adapter: Path, base: Path, **kw):
     from spf_lib.eval.config import EvalConfig
 
-    defaults = dict(eval_set=TINY_EVAL_SET, num_inference_steps=2, resolution=32, batch_size=4, progress=False,
-                    log_mlflow=False)
+    defaults = {"eval_set": TINY_EVAL_SET, "num_inference_steps": 2, "resolution": 32, "batch_size": 4,
+                "progress": False, "log_mlflow": False}
     defaults.update(kw)
     return EvalConfig(base_model=str(base), adapter_dir=adapter, output_dir=tmp, **defaults)
 
@@ -91,7 +91,7 @@ def evaluated(tmp_path_factory, scale: float, **kw):
     """Evaluate the tiny base + a LoRA of ``scale`` once per pytest session (several test files read the output)."""
     from spf_lib.eval.run import evaluate
 
-    key = (scale, tuple(sorted(kw.items())))
+    key = (scale, json.dumps(kw, sort_keys=True, default=str))
     if key not in _CACHE:
         root = shared_root(tmp_path_factory)
         base = tiny_base(root)

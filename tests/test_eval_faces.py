@@ -90,3 +90,25 @@ def test_bad_encoder_specs_name_the_problem(tmp_path):
     bad.write_bytes(b"not an onnx model")
     with pytest.raises(SpfError, match="cannot load"):
         make_encoder(str(bad))
+
+
+def test_reference_faces_score_the_trained_identity(tmp_path):
+    """id_ref_sim: tuned target images vs photos of the identity; the right person scores higher."""
+    from spf_lib.eval import metrics as M
+    from spf_lib.eval.evalset import EvalItem
+
+    refs = tmp_path / "refs"
+    refs.mkdir()
+    ImageOps.mirror(astronaut()).save(refs / "a.png")
+    astronaut().crop((60, 0, 400, 340)).save(refs / "b.jpg")
+    (refs / "notes.txt").write_text("ignored")
+    target = [EvalItem("target", 0, "a photo of sks person", 0)]
+    scores = {}
+    for name, img in (("same", astronaut()), ("other", grace_hopper())):
+        state = M.MetricState()
+        imgs = {target[0].key: img}
+        M.structural(state, [], target, imgs, imgs)
+        M.identity(state, [], target, imgs, imgs, "dlib", refs)
+        assert state.metrics["id_ref_faces"] == 2.0
+        scores[name] = state.metrics["id_ref_sim"]
+    assert scores["same"] > 0.5 > scores["other"]

@@ -3,6 +3,8 @@ perturbation, and every component is bounded and documented."""
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -49,10 +51,10 @@ def test_pollution_grows_with_the_perturbation():
     states = [_pollution(photos, _blend_towards_other(photos, a)) for a in (0.0, 0.15, 0.35, 0.6)]
     values = [s.metrics["pollution"] for s in states]
     assert values[0] == 0.0
-    assert all(b > a for a, b in zip(values, values[1:])), values
+    assert all(b > a for a, b in itertools.pairwise(values)), values
     for comp in ("pollution_identity", "pollution_ssim", "pollution_pixel"):
         comps = [s.metrics[comp] for s in states]
-        assert all(b >= a for a, b in zip(comps, comps[1:])), (comp, comps)
+        assert all(b >= a for a, b in itertools.pairwise(comps)), (comp, comps)
     assert states[-1].metrics["id_sim"] < states[1].metrics["id_sim"] <= 1.0
 
 

@@ -9,8 +9,15 @@ import yaml
 
 from spf_lib.errors import SpfError
 from spf_lib.eval.run import kfp_metrics, load_metrics
-from tests._eval_helpers import (SMALL_EVAL_SET, eval_config, evaluated, lora_adapter, shared_root, tiny_base,
-                                 tiny_clip)
+from tests._eval_helpers import (
+    SMALL_EVAL_SET,
+    eval_config,
+    evaluated,
+    lora_adapter,
+    shared_root,
+    tiny_base,
+    tiny_clip,
+)
 
 
 @pytest.fixture(scope="module")
@@ -64,8 +71,8 @@ def test_metrics_json_layout(identical):
 
 
 def test_seeds_differ_and_are_reproducible(identical):
-    from PIL import Image
     import numpy as np
+    from PIL import Image
 
     a = np.asarray(Image.open(identical / "images" / "original" / "base_00_s0.png"))
     b = np.asarray(Image.open(identical / "images" / "original" / "base_00_s1.png"))
@@ -106,6 +113,13 @@ def test_bad_inputs_fail_before_loading_models(tmp_path, tmp_path_factory):
     with pytest.raises(SpfError, match="adapter_info.json: not valid JSON"):
         evaluate(eval_config(tmp_path / "o", tmp_path / "ad", base))
     assert not (tmp_path / "o").exists()
+    keep = tmp_path / "busy"
+    keep.mkdir()
+    (keep / "precious.txt").write_text("x")
+    adapter = lora_adapter(base, tmp_path / "ad0", 0.0)
+    with pytest.raises(SpfError, match="not empty"):
+        evaluate(eval_config(keep, adapter, base))
+    assert (keep / "precious.txt").read_text() == "x"
     with pytest.raises(SpfError, match=r"pollution_weights: unknown component 'fid'"):
         EvalConfig(base_model="b", adapter_dir="a", output_dir="o", pollution_weights={"fid": 1})
     with pytest.raises(SpfError, match=r"num_inference_steps=0"):

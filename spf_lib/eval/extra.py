@@ -91,10 +91,10 @@ def lpips_fid(state: Any, base: list[EvalItem], orig: dict, tuned: dict, cfg: An
             d = lpips_distances(OnnxImageModel(cfg.lpips_model, "LPIPS"), a, b)
             state.time("lpips", time.perf_counter() - t0, 2 * len(base))
             for it, v in zip(base, d):
-                state.pairs[it.key]["lpips"] = v
+                state.pairs.setdefault(it.key, {})["lpips"] = v
             state.metrics["lpips"] = float(np.mean(d))
             state.drifts["lpips"] = float(np.clip(state.metrics["lpips"], 0.0, 1.0))
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - any backbone failure is reported as unavailable
             state.mark_unavailable(["lpips"], f"LPIPS model {cfg.lpips_model}: {type(e).__name__}: {str(e)[:200]}")
             state.drifts["lpips"] = None
     if not cfg.fid_model:
@@ -107,5 +107,5 @@ def lpips_fid(state: Any, base: list[EvalItem], orig: dict, tuned: dict, cfg: An
             m = OnnxImageModel(cfg.fid_model, "FID")
             state.metrics["fid"] = frechet_distance(fid_features(m, a), fid_features(m, b))
             state.time("fid", time.perf_counter() - t0, 2 * len(base))
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - any backbone failure is reported as unavailable
             state.mark_unavailable(["fid"], f"FID model {cfg.fid_model}: {type(e).__name__}: {str(e)[:200]}")

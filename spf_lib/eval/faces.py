@@ -37,7 +37,7 @@ def face_models_dir() -> Path:
     if spec is None or not spec.submodule_search_locations:
         raise SpfError("face models: package face-recognition-models is not installed (pip install "
                        "face-recognition-models)")
-    return Path(list(spec.submodule_search_locations)[0]) / "models"
+    return Path(next(iter(spec.submodule_search_locations))) / "models"
 
 
 class FaceEncoder(Protocol):

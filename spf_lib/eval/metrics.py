@@ -65,7 +65,7 @@ def identity(state: MetricState, base: list[EvalItem], target: list[EvalItem], o
     names = ["id_sim", "id_l2", "id_raw_cos", "id_sim_target", "id_ref_sim"]
     try:
         fa = FaceAnalyzer(encoder)
-    except Exception as e:  # dlib/onnxruntime missing or a bad model file
+    except Exception as e:  # noqa: BLE001 - dlib/onnxruntime missing or a bad model file → unavailable
         state.mark_unavailable(names, f"face encoder {encoder!r} unavailable: {e}")
         state.drifts["identity"] = None
         return

@@ -38,13 +38,15 @@ def log_evaluation(out_dir: Path, *, run_id: str | None, metrics: dict[str, Any]
     rid = target_run_id(run_id)
     client = MlflowClient()
     numeric = {f"eval/{k}": float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and v is not None}
-    from mlflow.entities import Metric
     import time
+
+    from mlflow.entities import Metric
 
     now = int(time.time() * 1000)
     client.log_batch(rid, metrics=[Metric(k, v, now, 0) for k, v in numeric.items()])
-    rows: dict[str, list] = {"key": [], "kind": [], "prompt": [], "seed": [], "grid": []}
-    cols = sorted({c for p in pairs.values() for c, v in p.items() if isinstance(v, (int, float, bool))})
+    rows: dict[str, list] = {"key": [], "kind": [], "prompt": [], "seed": []}
+    grid_cells: list[Any] = []
+    cols = sorted({c for p in pairs.values() for c, v in p.items() if isinstance(v, (int, float, bool))} - set(rows))
     for c in cols:
         rows[c] = []
     for step, it in enumerate(items):
@@ -54,11 +56,16 @@ def log_evaluation(out_dir: Path, *, run_id: str | None, metrics: dict[str, Any]
         rows["kind"].append(it.kind)
         rows["prompt"].append(it.prompt)
         rows["seed"].append(int(it.seed))
-        rows["grid"].append(mlflow.Image(grid))
+        grid_cells.append(grid)
         for c in cols:
             v = pairs.get(it.key, {}).get(c)
             rows[c].append(None if v is None else float(v))
-    client.log_table(rid, data=rows, artifact_file="eval/pairs.json")
+    import pandas as pd
+
+    table = pd.DataFrame(rows)
+    # Set after construction: pandas would otherwise try to unpack image objects as sequences.
+    table["grid"] = pd.Series(grid_cells, dtype=object, index=table.index)
+    client.log_table(rid, data=table, artifact_file="eval/pairs.json")
     for name in ("report.html", "metrics.json"):
         if (out_dir / name).is_file():
             client.log_artifact(rid, str(out_dir / name), artifact_path="eval")

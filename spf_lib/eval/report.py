@@ -13,10 +13,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-SUMMARY_ORDER = (
-    "pollution", "pollution_identity", "pollution_clip_i", "pollution_ssim", "pollution_lpips", "pollution_pixel",
-    "id_sim", "id_l2", "id_raw_cos", "id_sim_target", "id_ref_sim", "clip_t", "clip_t_original", "clip_t_gain",
-    "clip_i", "clip_i_target", "ssim", "ssim_target", "pixel_mae", "lpips", "fid",
+HEADLINE = ("pollution", "id_sim", "id_ref_sim", "clip_t", "clip_t_gain", "clip_i", "ssim", "lpips", "fid")
+POLLUTION_KEYS = ("pollution_identity", "pollution_clip_i", "pollution_ssim", "pollution_lpips", "pollution_pixel")
+SUMMARY_ORDER = HEADLINE + POLLUTION_KEYS + (
+    "id_l2", "id_raw_cos", "id_sim_target", "clip_t_original", "clip_i_target", "ssim_target", "pixel_mae",
 )
 PAIR_COLUMNS = ("ssim", "pixel_mae", "id_sim", "clip_i", "clip_t", "clip_t_original", "id_ref_sim")
 
@@ -54,7 +54,7 @@ def _fmt(v: Any) -> str:
     if isinstance(v, bool):
         return "yes" if v else "no"
     if isinstance(v, float):
-        return f"{v:.4f}"
+        return str(int(v)) if v.is_integer() and abs(v) >= 1 else f"{v:.4f}"
     return html.escape(str(v))
 
 
@@ -65,10 +65,18 @@ def _src(out_dir: Path, rel: str, embed: bool) -> str:
     return "data:image/png;base64," + base64.b64encode(data).decode("ascii")
 
 
-def summary_rows(metrics: dict[str, Any], unavailable: dict[str, str]) -> list[tuple[str, Any, str]]:
-    keys = [k for k in SUMMARY_ORDER if k in metrics] + sorted(
-        k for k in metrics if k not in SUMMARY_ORDER and isinstance(metrics[k], (int, float, type(None))))
-    return [(k, metrics[k], unavailable.get(k, "")) for k in keys]
+def summary_rows(metrics: dict[str, Any], unavailable: dict[str, str],
+                 keys: tuple[str, ...] | None = None) -> list[tuple[str, Any, str]]:
+    if keys is None:
+        keys = tuple(k for k in SUMMARY_ORDER if k in metrics) + tuple(sorted(
+            k for k in metrics if k not in SUMMARY_ORDER and isinstance(metrics[k], (int, float, type(None)))))
+    return [(k, metrics[k], unavailable.get(k, "")) for k in keys if k in metrics]
+
+
+def _table(rows: list[tuple[str, Any, str]], cls: str) -> str:
+    body = "".join(f"<tr><td>{html.escape(k)}</td><td>{_fmt(v)}</td><td>{html.escape(note)}</td></tr>"
+                   for k, v, note in rows)
+    return f"<table class='{cls}'><tr><th>metric</th><th>value</th><th>note</th></tr>{body}</table>"
 
 
 def render_report(out_dir: Path, *, title: str, metrics: dict[str, Any], unavailable: dict[str, str],
@@ -76,19 +84,18 @@ def render_report(out_dir: Path, *, title: str, metrics: dict[str, Any], unavail
                   pairs: dict[str, dict[str, Any]], paths: dict[str, dict[str, str]], embed: bool = True,
                   context: dict[str, Any] | None = None) -> str:
     """Return the report HTML. ``paths[kind][key]`` is the relative path of original/tuned/diff images."""
-    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-             f"<style>{CSS}</style></head><body>", f"<h1>{html.escape(title)}</h1>"]
+    head = (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+            f"<style>{CSS}</style></head><body>")
+    parts = [head, f"<h1>{html.escape(title)}</h1>"]
     ctx = {**(context or {}), "eval set": f"{eval_set['name']} v{eval_set['version']} "
                                            f"(sha256 {eval_set['hash'][:12]}…)", "target": eval_set["target"]}
     parts.append("<table>" + "".join(f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>"
                                      for k, v in ctx.items()) + "</table>")
-    parts.append("<h2>Summary</h2><table class='summary'><tr><th>metric</th><th>value</th><th>note</th></tr>")
-    for k, v, note in summary_rows(metrics, unavailable):
-        parts.append(f"<tr><td>{html.escape(k)}</td><td>{_fmt(v)}</td><td>{html.escape(note)}</td></tr>")
-    parts.append("</table>")
+    parts.append("<h2>Summary</h2>" + _table(summary_rows(metrics, unavailable, HEADLINE), "summary"))
     weights = ", ".join(f"{k}={w:g}" for k, w in pollution_detail.get("weights_used", {}).items()) or "none"
-    parts.append(f"<p>Pollution = {html.escape(pollution_detail['formula'])}; weights used: "
-                 f"{html.escape(weights)}. ID scale: {html.escape(str(context and context.get('id scale', '')))}</p>")
+    parts.append(f"<h3>Pollution components</h3><p>pollution = {html.escape(pollution_detail['formula'])}; "
+                 f"weights used: {html.escape(weights)}</p>"
+                 + _table(summary_rows(metrics, unavailable, POLLUTION_KEYS), "pollution"))
     for kind, heading in (("base", "Base prompts (pollution: should NOT change)"),
                           ("target", "Target prompts (should show the target attribute)")):
         parts.append(f"<h2>{heading}</h2>")
@@ -103,6 +110,7 @@ def render_report(out_dir: Path, *, title: str, metrics: dict[str, Any], unavail
             parts.append(f"<h3 id='{it.key}'><span class='prompt'>{html.escape(it.prompt)}</span> · seed {it.seed}"
                          f"</h3><table class='pair'><tr>{cells}<td><table class='scores'>{scores}{faces}</table>"
                          "</td></tr></table>")
+    parts.append("<h2>All metrics</h2>" + _table(summary_rows(metrics, unavailable), "all-metrics"))
     parts.append("<div id='spf-image-check' data-ok='pending'>image check pending</div>")
     parts.append(f"<script type='application/json' id='spf-metrics'>{html.escape(json.dumps(metrics))}</script>")
     parts.append(CHECK_JS + "</body></html>")

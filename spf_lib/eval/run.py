@@ -81,6 +81,9 @@ def _check_inputs(cfg: EvalConfig) -> None:
     out = Path(cfg.output_dir)
     if out.exists() and not out.is_dir():
         raise SpfError(f"output {out}: exists and is not a folder")
+    # The output folder is replaced as a whole: refuse to wipe a folder that is not an earlier evaluation.
+    if out.is_dir() and any(out.iterdir()) and not (out / METRICS_FILE).is_file():
+        raise SpfError(f"output {out}: folder is not empty and holds no {METRICS_FILE}; give a new or empty folder")
 
 
 def generate_pairs(cfg: EvalConfig, items: list[Any]) -> tuple[dict, dict, int, dict[str, float]]:
@@ -92,8 +95,8 @@ def generate_pairs(cfg: EvalConfig, items: list[Any]) -> tuple[dict, dict, int, 
     pipe = load_pipeline(cfg.base_model, dtype=cfg.dtype, device=cfg.device, cache_dir=cfg.cache_dir)
     handle = load_adapter(pipe, cfg.adapter_dir)
     res = cfg.resolution or default_resolution(pipe)
-    kw = dict(steps=cfg.num_inference_steps, guidance=cfg.guidance_scale, resolution=res,
-              batch_size=cfg.batch_size, device=cfg.device, progress=cfg.progress)
+    kw = {"steps": cfg.num_inference_steps, "guidance": cfg.guidance_scale, "resolution": res,
+          "batch_size": cfg.batch_size, "device": cfg.device, "progress": cfg.progress}
     t0 = time.perf_counter()
     handle.disable()
     orig = generate_images(pipe, items, desc="original", **kw)
@@ -111,11 +114,11 @@ def evaluate(cfg: EvalConfig) -> EvalResult:
     """Run one evaluation; see the module docstring for the output folder."""
     from spf_lib.eval import metrics as M
     from spf_lib.eval.clip_score import BackboneUnavailable, load_clip
+    from spf_lib.eval.extra import lpips_fid
     from spf_lib.eval.faces import DlibEncoder, OnnxEncoder
     from spf_lib.eval.generate import save_images
     from spf_lib.eval.pollution import diff_heatmap
     from spf_lib.eval.report import pair_grid, render_report
-    from spf_lib.eval.extra import lpips_fid
     from spf_lib.io import atomic_dir, write_json_atomic, write_text_atomic
 
     _check_inputs(cfg)
