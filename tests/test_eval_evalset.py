@@ -61,3 +61,16 @@ def test_bad_files(tmp_path):
     p.write_text("name: [unclosed")
     with pytest.raises(SpfError, match="cannot parse"):
         load_eval_set(p)
+
+
+def test_identity_adapters_get_an_identity_eval_set_by_default():
+    from spf_lib.eval.evalset import resolve_eval_set
+
+    lora = resolve_eval_set(None, {"method": "lora", "format": "lora"})
+    assert lora.name == "portrait-default"
+    cb = resolve_eval_set(None, {"method": "celeb-basis", "identities": [{"trigger": "ada", "tokens": []}]})
+    bi = resolve_eval_set(None, {"method": "beyond-inserting", "trigger": "sks"})
+    assert cb.name == bi.name == "identity-default"
+    assert all("ada person" in i.prompt for i in cb.of_kind("target"))
+    assert not any("ada" in i.prompt for i in cb.of_kind("base"))
+    assert all("sks person" in i.prompt for i in bi.of_kind("target"))

@@ -82,6 +82,34 @@ def default_eval_set() -> EvalSet:
                            "seeds": list(DEFAULT_SEEDS), "base_prompts": list(DEFAULT_BASE_PROMPTS)})
 
 
+IDENTITY_METHODS = ("celeb-basis", "beyond-inserting")
+IDENTITY_BASE_PROMPTS: tuple[str, ...] = (
+    "a photo of a person, plain background",
+    "a photo of a person, smiling, blue shirt, curtain background",
+    "a photo of a person, dark jacket, office background",
+    "a photo of a person, white sweater, brick wall background",
+)
+
+
+def identity_eval_set(trigger: str = "sks") -> EvalSet:
+    """For identity methods the target is the learned person: the same prompts with ``<trigger> person``.
+
+    Base prompts never contain the trigger, so they measure whether inserting the identity changed anything else.
+    """
+    base = list(IDENTITY_BASE_PROMPTS)
+    target = [p.replace("a photo of a person", f"a photo of {trigger} person", 1) for p in base]
+    return build_eval_set({"name": "identity-default", "version": "1", "target": f"{trigger} person",
+                           "seeds": list(DEFAULT_SEEDS), "base_prompts": base, "target_prompts": target})
+
+
+def default_for_adapter(info: dict) -> EvalSet:
+    """The default set that fits the adapter's method (``adapter_info.json``)."""
+    if info.get("method") in IDENTITY_METHODS:
+        trigger = info.get("trigger") or next((i.get("trigger") for i in info.get("identities") or []), None)
+        return identity_eval_set(str(trigger or "sks"))
+    return default_eval_set()
+
+
 def _prompts(raw: Any, field_name: str, seeds: list[int], where: str) -> list[tuple[str, list[int]]]:
     if not isinstance(raw, list) or not raw:
         raise SpfError(f"{where}: {field_name} must be a non-empty list of prompts")
@@ -155,9 +183,9 @@ def load_eval_set(path: str | Path) -> EvalSet:
     return build_eval_set(data, where=f"eval set {p}")
 
 
-def resolve_eval_set(spec: str | Path | dict | EvalSet | None) -> EvalSet:
+def resolve_eval_set(spec: str | Path | dict | EvalSet | None, adapter_info: dict | None = None) -> EvalSet:
     if spec is None:
-        return default_eval_set()
+        return default_for_adapter(adapter_info or {})
     if isinstance(spec, EvalSet):
         return spec
     if isinstance(spec, dict):

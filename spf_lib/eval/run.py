@@ -121,8 +121,10 @@ def evaluate(cfg: EvalConfig) -> EvalResult:
     from spf_lib.eval.report import pair_grid, render_report
     from spf_lib.io import atomic_dir, write_json_atomic, write_text_atomic
 
+    from spf_lib.methods import read_adapter_info
+
     _check_inputs(cfg)
-    es = resolve_eval_set(cfg.eval_set)
+    es = resolve_eval_set(cfg.eval_set, read_adapter_info(cfg.adapter_dir))
     items = list(es.items)
     base, target = es.of_kind("base"), es.of_kind("target")
     log.info("evaluating %s + %s on %s v%s (%d images per model)", cfg.base_model, cfg.adapter_dir, es.name,
