@@ -15,18 +15,25 @@ LINEAGE_KEYS = (
 
 
 def code_revision() -> str:
-    """The git revision of this project's code: ``SPF_CODE_REV`` (set in the image build) or the checkout's HEAD."""
-    if os.environ.get("SPF_CODE_REV"):
-        return os.environ["SPF_CODE_REV"]
+    """``SPF_CODE_REV`` (baked into the component image), else this project's own git checkout's HEAD.
+
+    Only a checkout whose top level IS the project counts: a package installed in a venv that happens to sit inside
+    some other repository must not report that repository's sha. ``-dirty`` marks uncommitted tracked changes.
+    """
+    if env := os.environ.get("SPF_CODE_REV", "").strip():
+        return env
     root = Path(__file__).resolve().parent.parent
     try:
-        rev = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
-                             timeout=5, check=True).stdout.strip()
+        out = subprocess.run(["git", "-C", str(root), "rev-parse", "--show-toplevel", "HEAD"], capture_output=True,
+                             text=True, timeout=5, check=False)
+        lines = out.stdout.split()
+        if out.returncode != 0 or len(lines) != 2 or Path(lines[0]).resolve() != root or len(lines[1]) != 40:
+            return "unknown"
         dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
                                capture_output=True, text=True, timeout=5).stdout.strip()
-        return rev + ("-dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
+    return lines[1] + ("-dirty" if dirty else "")
 
 
 def config_hash(config: dict) -> str:

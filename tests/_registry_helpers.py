@@ -53,22 +53,35 @@ def lora_adapter(tiny_base, tmp_path_factory) -> Path:
     return make_lora_adapter(tiny_base, tmp_path_factory.mktemp("adapter") / "adapter")
 
 
+_PLATFORM_VARS = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "MLFLOW_EXPERIMENT_ID", "MLFLOW_RUN_ID",
+                  "SPF_MODEL_NAME", "SPF_EXPERIMENT")
+
+
+def _use_embedded(mp: pytest.MonkeyPatch, home: Path) -> Path:
+    for k in _PLATFORM_VARS:
+        mp.delenv(k, raising=False)
+    mp.setenv("SPF_HOME", str(home))
+    mp.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
+    return home
+
+
+@pytest.fixture(scope="module")
+def embedded_store(tmp_path_factory) -> Path:
+    """One embedded sqlite store per test module (creating its tables costs seconds); tests use distinct names."""
+    return tmp_path_factory.mktemp("spf-home")
+
+
 @pytest.fixture
-def embedded(tmp_path, monkeypatch) -> Path:
-    """The embedded default: sqlite under a fresh SPF_HOME, no injected platform variables."""
-    for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "MLFLOW_EXPERIMENT_ID", "MLFLOW_RUN_ID",
-              "SPF_MODEL_NAME", "SPF_EXPERIMENT"):
-        monkeypatch.delenv(k, raising=False)
-    monkeypatch.setenv("SPF_HOME", str(tmp_path / "spf-home"))
-    monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
-    return tmp_path / "spf-home"
+def embedded(embedded_store, monkeypatch) -> Path:
+    """The embedded default: sqlite under SPF_HOME, no injected platform variables."""
+    return _use_embedded(monkeypatch, embedded_store)
 
 
 def generate(model_uri: str, **params) -> bytes:
     """Load ``model_uri`` through pyfunc (as a serving tool would) and return the first PNG."""
-    import mlflow.pyfunc
+    from spf_lib.registry import load_model
 
-    model = mlflow.pyfunc.load_model(model_uri)
+    model = load_model(model_uri)
     out = model.predict({"prompt": [PROMPT]}, params={"num_inference_steps": 2, **params})
     return out[0]
 
@@ -143,3 +156,57 @@ def served(mlflow_server, monkeypatch) -> MlflowServer:
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server.uri)
     monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
     return mlflow_server
+
+
+GOOD = {"pollution": 0.20, "clip_t": 0.30, "id_similarity": 0.80}
+WORSE = {"pollution": 0.40, "clip_t": 0.30, "id_similarity": 0.80}  # pollution up by 0.2 > epsilon 0.01
+BETTER = {"pollution": 0.10, "clip_t": 0.32, "id_similarity": 0.85}
+
+
+def lineage_for(name: str, n: int, data_rev: str) -> dict:
+    return {"data_rev": data_rev, "data_hash": f"md5-{data_rev}", "kfp_run_id": f"{name}-run-{n}",
+            "pipeline_name": "spf-portrait", "pipeline_version": "v1", "config_hash": f"{n:064x}"}
+
+
+def promotion_scenario(name: str, adapter: Path, base: Path) -> None:
+    """register → promote → generate from champion; a worse challenger is refused and nothing moves; a better
+    one is promoted; lineage names the right data revision; rollback restores the previous champion."""
+    import io
+
+    import mlflow
+    from PIL import Image
+
+    from spf_lib.registry import lineage, mlflow_session, promote, register_model, rollback
+
+    v1 = register_model(adapter, str(base), metrics=GOOD, lineage=lineage_for(name, 1, "rev-A"), model_name=name)
+    first = promote(name)
+    assert first.passed and first.champion_before is None and first.champion_after == v1.version, first.message
+    png = generate(f"models:/{name}@champion")
+    assert Image.open(io.BytesIO(png)).size == (64, 64)
+
+    v2 = register_model(adapter, str(base), metrics=WORSE, lineage=lineage_for(name, 2, "rev-B"), model_name=name)
+    with mlflow_session():
+        client = mlflow.MlflowClient()  # same URIs as the registry functions use
+    before = {str(v.version): (sorted(v.aliases), dict(v.tags)) for v in
+              (client.get_model_version(name, x) for x in (v1.version, v2.version))}
+    refused = promote(name)
+    assert not refused.passed and [c.metric for c in refused.checks if not c.passed] == ["pollution"]
+    assert "gate failed for version 2" in refused.message and "pollution=0.4" in refused.message
+    after = {str(v.version): (sorted(v.aliases), dict(v.tags)) for v in
+             (client.get_model_version(name, x) for x in (v1.version, v2.version))}
+    assert after == before  # nothing changed on fail
+    assert lineage(f"models:/{name}@champion")["version"] == v1.version
+
+    v3 = register_model(adapter, str(base), metrics=BETTER, lineage=lineage_for(name, 3, "rev-C"), model_name=name)
+    third = promote(name)
+    assert third.passed and (third.champion_before, third.champion_after) == (v1.version, v3.version)
+    champ = lineage(f"models:/{name}@champion")
+    assert champ["lineage"]["data_rev"] == "rev-C" and champ["metrics"]["pollution"] == 0.10
+    assert champ["run"]["run_id"] == v3.run_id and champ["run"]["metrics"]["clip_t"] == 0.32
+    assert lineage(f"models:/{name}@previous-champion")["lineage"]["data_rev"] == "rev-A"
+    assert lineage(f"models:/{name}/{v2.version}")["lineage"]["data_rev"] == "rev-B"
+
+    back = rollback(name)
+    assert (back.restored, back.demoted) == (v1.version, v3.version)
+    assert lineage(f"models:/{name}@champion")["lineage"]["data_rev"] == "rev-A"
+    assert f"from version {v3.version} to version {v1.version}" in back.message

@@ -161,3 +161,14 @@ def test_retries_recover_and_real_errors_pass_through():
         with_retries("x", lambda: {}["k"], target="t", sleep=lambda s: None)
     assert not is_unreachable(ValueError("RESOURCE_DOES_NOT_EXIST"))
     assert redact_uri("https://u:p@mlflow.example:5000/x") == "https://***@mlflow.example:5000/x"
+
+
+def test_code_rev_prefers_the_image_variable(monkeypatch):
+    from spf_lib.registry.lineage_keys import code_rev
+
+    monkeypatch.setenv("SPF_CODE_REV", "deadbeef")
+    assert code_rev() == "deadbeef"
+    monkeypatch.delenv("SPF_CODE_REV")
+    rev = code_rev()
+    sha = rev.removesuffix("-dirty")
+    assert rev == "unknown" or (len(sha) == 40 and all(c in "0123456789abcdef" for c in sha))

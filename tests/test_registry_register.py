@@ -1,38 +1,182 @@
-"""Registration against the embedded sqlite default: the version loads through pyfunc and generates an image."""
+"""Registration against the embedded sqlite default: loads through pyfunc and generates; lineage, injected
+platform variables, idempotency, secrets and an unreachable server."""
 
 from __future__ import annotations
 
 import io
+import json
+import sys
+import types
+from pathlib import Path
 
 import pytest
 
 from spf_lib.errors import SpfError
-from spf_lib.registry import register_model
-from tests._registry_helpers import embedded, generate, lora_adapter, tiny_base  # noqa: F401
+from spf_lib.registry import RetryPolicy, lineage, load_model, mlflow_session, register_model
+from tests._registry_helpers import (  # noqa: F401
+    PROMPT,
+    embedded,
+    embedded_store,
+    free_port,
+    generate,
+    lora_adapter,
+    make_lora_adapter,
+    tiny_base,
+)
 
 LINEAGE = {"data_rev": "abc123", "data_hash": "d41d8cd98f00b204e9800998ecf8427e", "kfp_run_id": "run-1",
            "pipeline_name": "spf-portrait", "pipeline_version": "v1", "config_hash": "f" * 64}
 
 
-def test_register_lora_then_generate(embedded, lora_adapter, tiny_base):
+def test_register_lora_then_generate(embedded, lora_adapter, tiny_base, tmp_path):
     import mlflow
     from PIL import Image
 
-    rv = register_model(lora_adapter, str(tiny_base), metrics={"pollution": 0.1, "clip_t": 0.3},
-                        lineage=LINEAGE, model_name="portrait")
-    assert (rv.name, rv.version, rv.aliases) == ("portrait", "1", ("challenger",))
+    eval_dir = tmp_path / "eval"
+    (eval_dir / "images").mkdir(parents=True)
+    for i in range(3):
+        Image.new("RGB", (32, 32), (80 * i, 40, 200)).save(eval_dir / "images" / f"s{i}.png")
+    (eval_dir / "report.html").write_text("<html><body>report</body></html>")
+    rv = register_model(lora_adapter, str(tiny_base), metrics={"pollution": 0.1, "clip_t": None,
+                                                               "unavailable": {"clip_t": "no CLIP weights"}},
+                        lineage=LINEAGE, model_name="portrait", eval_dir=eval_dir)
+    assert (rv.name, rv.version, rv.aliases, rv.created) == ("portrait", "1", ("challenger",), True)
     assert (embedded / "mlflow.db").is_file()
-    mlflow.set_tracking_uri(f"sqlite:///{embedded / 'mlflow.db'}")
-    client = mlflow.MlflowClient()
-    mv = client.get_model_version_by_alias("portrait", "challenger")
-    assert str(mv.version) == rv.version and mv.tags["data_rev"] == "abc123"
-    assert mv.tags["metric.pollution"] == "0.1" and mv.tags["method"] == "lora"
+    with mlflow_session():
+        client = mlflow.MlflowClient()
+        mv = client.get_model_version_by_alias("portrait", "challenger")
+        run = client.get_run(rv.run_id)
+        card = Path(mlflow.artifacts.download_artifacts(run_id=rv.run_id, artifact_path="model_card",
+                                                        dst_path=str(tmp_path / "card")))
+        mlmodel = Path(mlflow.artifacts.download_artifacts(f"{rv.model_uri}/MLmodel", dst_path=str(tmp_path / "m")))
+    assert str(mv.version) == rv.version and mv.tags["data_rev"] == "abc123" and mv.tags["method"] == "lora"
+    assert mv.tags["metric.pollution"] == "0.1" and mv.tags["metric.clip_t"] == "unavailable: no CLIP weights"
+    assert run.data.tags["data_hash"] == LINEAGE["data_hash"] and run.data.metrics == {"pollution": 0.1}
+    assert run.data.params["config_hash"] == "f" * 64 and run.info.status == "FINISHED"
+    assert {p.name for p in card.iterdir()} == {"README.md", "summary_grid.png", "report.html"}
+    text = (card / "README.md").read_text()
+    assert "abc123" in text and "unavailable: no CLIP weights" in text and "![summary grid]" in text
+    assert Image.open(card / "summary_grid.png").size == (96, 32)
+    ml = mlmodel.read_text()
+    assert "diffusers:" in ml and "adapter_type: lora" in ml and str(tiny_base) in ml and "signature" in ml
     png = generate("models:/portrait@challenger")
-    img = Image.open(io.BytesIO(png))
-    assert img.size == (64, 64)
+    assert Image.open(io.BytesIO(png)).size == (64, 64)
 
 
-def test_bad_adapter_folder_is_one_line_error(embedded, tmp_path):
+def test_same_kfp_run_is_registered_once(embedded, lora_adapter, tiny_base):
+    import mlflow
+
+    lin = {**LINEAGE, "kfp_run_id": "kfp-once"}
+    first = register_model(lora_adapter, str(tiny_base), metrics={}, lineage=lin, model_name="once")
+    again = register_model(lora_adapter, str(tiny_base), metrics={}, lineage=lin, model_name="once")
+    assert (again.version, again.run_id, again.created) == (first.version, first.run_id, False)
+    other = register_model(lora_adapter, str(tiny_base), metrics={}, lineage={**lin, "kfp_run_id": "kfp-2"},
+                           model_name="once")
+    assert other.created and other.version == str(int(first.version) + 1)
+    with mlflow_session():
+        assert len(mlflow.MlflowClient().search_model_versions("name = 'once'")) == 2
+
+
+def test_injected_experiment_and_run_are_honoured(embedded, lora_adapter, tiny_base, monkeypatch):
+    import mlflow
+
+    with mlflow_session():
+        client = mlflow.MlflowClient()
+        exp = client.create_experiment("platform-exp", artifact_location=(embedded / "platform-art").as_uri())
+        run = client.create_run(exp, run_name="kfp-task")
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_ID", exp)
+    monkeypatch.setenv("MLFLOW_RUN_ID", run.info.run_id)
+    rv = register_model(lora_adapter, str(tiny_base), metrics={"pollution": 0.3}, lineage={"data_rev": "inj"},
+                        model_name="injected")
+    assert rv.run_id == run.info.run_id
+    with mlflow_session():
+        after = mlflow.MlflowClient().get_run(run.info.run_id)
+    assert after.info.experiment_id == exp and after.info.status == "RUNNING"  # the platform owns its run
+    assert after.data.tags["data_rev"] == "inj" and after.data.metrics["pollution"] == 0.3
+    assert lineage("models:/injected/1")["run"]["experiment_id"] == exp
+
+
+def test_secrets_never_reach_params_tags_or_artifacts(embedded, lora_adapter, tiny_base, tmp_path, monkeypatch):
+    import mlflow
+
+    secrets = ["SuperSecret123", "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY", "ghp_" + "Z9y8X7w6" * 4]
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", secrets[1])
+    lin = {**LINEAGE, "kfp_run_id": "kfp-secret", "remote": f"s3://ak:{secrets[0]}@minio:9000/bucket",
+           "aws_secret_access_key": secrets[1], "note": f"pushed with {secrets[2]}"}
+    rv = register_model(lora_adapter, str(tiny_base), metrics={"pollution": 0.1}, lineage=lin, model_name="sec")
+    with mlflow_session():
+        client = mlflow.MlflowClient()
+        run = client.get_run(rv.run_id)
+        mv = client.get_model_version("sec", rv.version)
+        run_art = Path(mlflow.artifacts.download_artifacts(run_id=rv.run_id, dst_path=str(tmp_path / "r")))
+        model_art = Path(mlflow.artifacts.download_artifacts(rv.model_uri, dst_path=str(tmp_path / "m")))
+    texts = [json.dumps(run.data.params), json.dumps(run.data.tags), json.dumps(mv.tags)]
+    texts += [p.read_bytes().decode("latin-1") for d in (run_art, model_art) for p in d.rglob("*") if p.is_file()]
+    assert len(texts) > 8
+    for s in secrets:
+        assert not any(s in t for t in texts), s
+    assert mv.tags["remote"] == "s3://ak:***@minio:9000/bucket" and mv.tags["aws_secret_access_key"] == "***"
+
+
+def test_identity_adapter_is_logged_as_code_pyfunc(embedded, tiny_base, tmp_path, monkeypatch):
+    """A non-LoRA format goes through spf_lib.methods.load_adapter, including its prompt rewrite."""
+    from PIL import Image
+
+    from spf_lib.methods import LORA_WEIGHTS, AdapterHandle
+
+    seen: list[str] = []
+
+    class Handle(AdapterHandle):
+        def prompt(self, text: str) -> str:
+            seen.append(text.replace("<sks>", "person"))
+            return seen[-1]
+
+    def load(pipe, adapter_dir, info):
+        pipe.load_lora_weights(str(adapter_dir), weight_name=LORA_WEIGHTS, adapter_name="spf")
+        return Handle(pipe=pipe, info=info)
+
+    mod = types.ModuleType("spf_lib.methods.fake_identity")
+    mod.load = load
+    monkeypatch.setitem(sys.modules, "spf_lib.methods.fake_identity", mod)
+    adapter = make_lora_adapter(tiny_base, tmp_path / "identity")
+    (adapter / "adapter_info.json").write_text(json.dumps(
+        {"method": "celeb-basis", "format": "identity", "loader": "spf_lib.methods.fake_identity:load"}))
+    rv = register_model(adapter, str(tiny_base), metrics={}, lineage={"kfp_run_id": "id-1"}, model_name="ident")
+    model = load_model("models:/ident@challenger")
+    out = model.predict({"prompt": ["a photo of <sks>"]}, params={"num_inference_steps": 2, "seed": 3})
+    assert Image.open(io.BytesIO(out[0])).size == (64, 64) and seen[-1] == "a photo of person"
+    assert lineage(rv.model_uri)["lineage"]["method"] == "celeb-basis"
+
+
+def test_unreachable_server_ends_in_one_clear_error(lora_adapter, tiny_base, monkeypatch):
+    port = free_port()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{port}")
+    with pytest.raises(SpfError, match=rf"register m: MLflow tracking server http://127.0.0.1:{port} "
+                                       r"unreachable after 2 attempts"):
+        register_model(lora_adapter, str(tiny_base), metrics={}, lineage={}, model_name="m",
+                       retry=RetryPolicy(attempts=2, initial_delay=0.1))
+
+
+def test_bad_inputs_are_one_line_errors(embedded, lora_adapter, tiny_base, tmp_path):
     (tmp_path / "a").mkdir()
     with pytest.raises(SpfError, match="adapter_info.json"):
         register_model(tmp_path / "a", "x/y", metrics={}, lineage={})
+    with pytest.raises(SpfError, match="metric 'clip_t' = 'good'"):
+        register_model(lora_adapter, str(tiny_base), metrics={"clip_t": "good"}, lineage={})
+    with pytest.raises(SpfError, match="model name 'a/b'"):
+        register_model(lora_adapter, str(tiny_base), metrics={}, lineage={}, model_name="a/b")
+    with pytest.raises(SpfError, match="base model ./missing: folder does not exist"):
+        register_model(lora_adapter, "./missing", metrics={}, lineage={})
+
+
+def test_credentials_in_base_model_or_adapter_info_are_refused(embedded, lora_adapter, tmp_path):
+    import shutil
+
+    with pytest.raises(SpfError, match="--base-model: the reference contains credentials"):
+        register_model(lora_adapter, "s3://AKIAABCDEFGHIJKLMNOP:pw@host/models/sd", metrics={}, lineage={})
+    leaky = tmp_path / "leaky"
+    shutil.copytree(lora_adapter, leaky)
+    (leaky / "adapter_info.json").write_text(json.dumps(
+        {"method": "lora", "format": "lora", "placeholder_token": "<sks>", "hub": "hf_" + "q1W2e3R4" * 3}))
+    with pytest.raises(SpfError, match=r"leaky/adapter_info.json: hub look like credentials"):
+        register_model(leaky, "x/y", metrics={}, lineage={})

@@ -70,7 +70,8 @@ def promote(
     as_json: Annotated[bool, typer.Option("--json", help="print the result as JSON")] = False,
 ) -> None:
     """Move `champion` to the challenger if it passes the gate; exit 1 with the failed rule otherwise."""
-    from spf_lib.registry import GateRules, promote as do_promote
+    from spf_lib.registry import GateRules
+    from spf_lib.registry import promote as do_promote
     from spf_lib.registry.promotion import GateFailed
 
     gate = GateRules.from_file(rules) if rules else GateRules()
@@ -106,7 +107,8 @@ def lineage(
     as_json: Annotated[bool, typer.Option("--json", help="print as JSON")] = False,
 ) -> None:
     """Print which data, code and run made a model version."""
-    from spf_lib.registry import format_lineage, lineage as do_lineage
+    from spf_lib.registry import format_lineage
+    from spf_lib.registry import lineage as do_lineage
 
     info = do_lineage(model_uri)
     typer.echo(json.dumps(info, indent=2) if as_json else format_lineage(info))

@@ -83,10 +83,13 @@ def log_lora(adapter_dir: Path, base_ref: str, run_id: str, name: str) -> str:
 def log_identity(adapter_dir: Path, base_ref: str, run_id: str, name: str) -> str:
     """A pyfunc from code (no pickle): loads the base pipeline and our adapter loader at serving time."""
     import mlflow.pyfunc
+    from mlflow.models import Model
 
     entry = Path(__file__).with_name("pyfunc_entry.py")
-    info = mlflow.pyfunc.log_model(
-        name=name, python_model=str(entry), artifacts={"adapter": str(adapter_dir)},
+    # Model.log is what pyfunc.log_model calls; it is used directly because only it accepts run_id
+    # (we log into a run without making it the process's active run).
+    info = Model.log(
+        artifact_path=None, flavor=mlflow.pyfunc, name=name, python_model=str(entry), artifacts={"adapter": str(adapter_dir)},
         model_config={"base_model": base_ref}, run_id=run_id,
         pip_requirements=[*pinned(_RUNTIME), *pinned(["spf-portrait"])],
         signature=signature(base_ref, with_seed=True), input_example=input_example(),

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from spf_lib.errors import SpfError
 from spf_lib.registry.lineage_keys import KEYS
@@ -56,7 +56,7 @@ def _lineage_once(uri: str, name: str, alias: str | None, version: str | None) -
         "name": name,
         "version": str(mv.version),
         "aliases": sorted(mv.aliases),
-        "created": datetime.fromtimestamp(mv.creation_timestamp / 1000, timezone.utc).isoformat(timespec="seconds"),
+        "created": datetime.fromtimestamp(mv.creation_timestamp / 1000, UTC).isoformat(timespec="seconds"),
         "lineage": {k: tags.get(k, "unknown") for k in KEYS},
         "extra_lineage": {k: v for k, v in tags.items() if k not in KEYS and not k.startswith(("metric.", "spf.",
                                                                                                 "mlflow."))},
@@ -69,8 +69,9 @@ def _lineage_once(uri: str, name: str, alias: str | None, version: str | None) -
 
 def format_lineage(info: dict) -> str:
     """Plain text for a terminal: one ``key: value`` per line, lineage first."""
-    lines = [f"{info['model_uri']} -> {info['name']} version {info['version']}"
-             f" (aliases: {', '.join(info['aliases']) or 'none'}; created {info['created']})"]
+    head = (f"{info['model_uri']} -> {info['name']} version {info['version']}"
+            f" (aliases: {', '.join(info['aliases']) or 'none'}; created {info['created']})")
+    lines = [head]
     lines += [f"  {k:<17} {v}" for k, v in info["lineage"].items()]
     lines += [f"  {k:<17} {v}" for k, v in sorted(info["extra_lineage"].items())]
     run = info["run"]

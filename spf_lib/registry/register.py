@@ -20,9 +20,14 @@ from spf_lib.errors import SpfError
 from spf_lib.registry import lineage_keys as lk
 from spf_lib.registry.gate import CHALLENGER
 from spf_lib.registry.metrics import Metrics, parse_metrics
-from spf_lib.registry.scrub import scrub
-from spf_lib.registry.session import (RetryPolicy, mlflow_session, redact_uri, resolve_experiment_id,
-                                      with_retries)
+from spf_lib.registry.scrub import looks_secret, scrub
+from spf_lib.registry.session import (
+    RetryPolicy,
+    mlflow_session,
+    redact_uri,
+    resolve_experiment_id,
+    with_retries,
+)
 from spf_lib.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -68,6 +73,9 @@ def register_model(
     if not adapter_dir.is_dir():
         raise SpfError(f"--adapter {adapter_dir}: not a folder")
     info = read_adapter_info(adapter_dir)
+    # adapter_info.json travels with the model artifacts unchanged; its keys may say "token" (placeholder tokens)
+    if leaked := [k for k, v in info.items() if looks_secret(str(v))]:
+        raise SpfError(f"{adapter_dir}/adapter_info.json: {', '.join(leaked)} look like credentials; remove them")
     eval_dir = Path(eval_dir) if eval_dir else None
     if eval_dir is not None and not eval_dir.is_dir():
         raise SpfError(f"eval_dir {eval_dir}: not a folder")
@@ -183,6 +191,8 @@ def _base_reference(base_model: str) -> str:
     """A local folder becomes absolute (so the model loads from any cwd); hub ids and s3:// stay as given."""
     if not base_model or not base_model.strip():
         raise SpfError("--base-model: empty; give a local folder, a hub id or s3://bucket/prefix")
+    if looks_secret(base_model):  # it would be written verbatim into the MLmodel file
+        raise SpfError("--base-model: the reference contains credentials; pass them through the environment")
     if base_model.startswith("s3://"):
         return base_model
     from spf_lib.models.loading import resolve_model_ref

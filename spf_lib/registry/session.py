@@ -97,7 +97,7 @@ def with_retries(what: str, fn: Callable[[], T], *, target: str, policy: RetryPo
             return fn()
         except SpfError:
             raise
-        except Exception as e:  # noqa: BLE001 - classified below; non-transient errors re-raised untouched
+        except Exception as e:
             if not is_unreachable(e):
                 raise
             delay = next(delays, None)
@@ -176,7 +176,7 @@ def resolve_experiment_id(settings: Settings) -> str:
     location = settings.artifact_root.as_uri() if is_local_store(settings.tracking_uri) else None
     try:
         return client.create_experiment(settings.experiment_name, artifact_location=location)
-    except Exception:  # noqa: BLE001 - lost a creation race with a parallel task: use the winner's
+    except Exception:
         exp = client.get_experiment_by_name(settings.experiment_name)
         if exp is None:
             raise
