@@ -23,6 +23,7 @@ def train_model(
     import json
     from collections import namedtuple
 
+    from pipelines.runtime import checkpoint_dir, train_launch_prefix, visible_gpu_count
     from spf_lib.lineage import code_revision, make_lineage
     from spf_lib.settings import quiet_third_parties
     from spf_lib.stages import train_stage
@@ -33,7 +34,11 @@ def train_model(
         code_rev=code_revision(), pipeline_name=pipeline_name, pipeline_version=pipeline_version,
         kfp_run_id=kfp_run_id, method=method, base_model=base_model,
     )
-    summary = train_stage(prepared.path, base_model, method, train_config_json, model.path, lineage)
+    # On the cluster checkpoints live on a PVC per run, so a retried pod resumes; locally in the output folder.
+    work = checkpoint_dir(kfp_run_id, default=model.path)
+    launcher = train_launch_prefix() if visible_gpu_count() > 1 else None
+    summary = train_stage(prepared.path, base_model, method, train_config_json, model.path, lineage,
+                          work_dir=None if work == model.path else work, launcher=launcher)
     model.metadata.update({**summary["lineage"], "format": "spf-adapter"})
     final_loss = float(summary.get("final_loss") or 0.0)
     train_metrics.log_metric("final_loss", final_loss)

@@ -14,6 +14,8 @@ def run_local(params: dict, pipeline_root: str | Path) -> dict:
     ``use_venv=False``: tasks run in this interpreter's environment, where spf_lib is installed; the venv mode
     would pip-install kfp per task, which fails offline.
     """
+    # Retries (with minutes of backoff) are for preemptible cluster nodes; a local failure should stop at once.
+    os.environ["SPF_PIPELINE_RETRIES"] = "0"
     from kfp import local
 
     from pipelines.portrait import pipeline_version, portrait_pipeline

@@ -7,6 +7,7 @@ One DAG for the laptop and the cluster: locally kfp's SubprocessRunner ignores t
 """
 
 
+import os
 from typing import NamedTuple
 
 from kfp import dsl
@@ -18,6 +19,10 @@ from components.train import train_model
 from pipelines import platform
 
 PIPELINE_NAME = "spf-portrait"
+# SPF_PIPELINE_RETRIES=0 (set by pipelines.local before import) compiles a fail-fast DAG for local runs.
+_RETRIES = os.environ.get("SPF_PIPELINE_RETRIES")
+RETRY_OVERRIDES = {} if _RETRIES is None else {f"{s}_retries": int(_RETRIES)
+                                                for s in ("prepare", "train", "eval", "register")}
 
 
 def pipeline_version() -> str:
@@ -58,7 +63,7 @@ def portrait_pipeline(
                                           ("n_kept", int), ("n_rejected", int), ("final_loss", float)]):
     params = {
         "accelerator_type": accelerator_type, "accelerator_count": accelerator_count,
-        "node_selector_json": node_selector_json, "tolerations_json": tolerations_json,
+        "node_selector_json": node_selector_json, "tolerations_json": tolerations_json, **RETRY_OVERRIDES,
     }
     prep = prepare_data(data_repo=data_repo, data_rev=data_rev, prepare_config_json=prepare_config_json)
     prep.set_display_name("prepare data (faces + QA)")

@@ -67,23 +67,46 @@ def prepare_stage(data_repo: str, data_rev: str, config_json: str, out_dir: str 
 
 
 def train_stage(data_dir: str | Path, base_model: str, method: str, config_json: str, out_dir: str | Path,
-                lineage: dict[str, str]) -> dict:
-    """Fine-tune ``base_model`` on a prepared dataset with the chosen method."""
+                lineage: dict[str, str], *, work_dir: str | Path | None = None,
+                launcher: list[str] | None = None) -> dict:
+    """Fine-tune ``base_model`` on a prepared dataset with the chosen method; the result lands in ``out_dir``.
+
+    ``work_dir`` (a persistent volume on the cluster) holds checkpoints across retries of the same run: training
+    resumes from its latest checkpoint and the finished adapter is copied to ``out_dir``. ``launcher`` is an argv
+    prefix such as ``accelerate launch ... -m``: training then runs as ``spf train`` under it (one process per GPU).
+    """
+    import shutil
+    import subprocess
+
+    from spf_lib.io import write_json_atomic
     from spf_lib.lineage import config_hash
     from spf_lib.train.config import TrainConfig
     from spf_lib.train.run import train
 
+    work = Path(work_dir or out_dir)
     overrides = parse_json_arg(config_json, "train_config_json")
     overrides.update({"method": method, "base_model": base_model, "data_dir": str(data_dir),
-                      "output_dir": str(out_dir)})
+                      "output_dir": str(work)})
+    if work_dir is not None:
+        overrides["resume"] = "latest"
     cfg = _build(TrainConfig, **overrides)
     resolved = to_dict(cfg)
     lineage = {**lineage, "method": method, "config_hash": config_hash(
-        {k: v for k, v in resolved.items() if k not in ("data_dir", "output_dir")})}
-    if hasattr(cfg, "lineage"):
-        cfg.lineage = lineage
-    result = train(cfg)
-    out = to_dict(result)
+        {k: v for k, v in resolved.items() if k not in ("data_dir", "output_dir", "resume")})}
+    if launcher:
+        work.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(work / "launch_config.json", resolved)
+        subprocess.run([*launcher, "spf_lib.cli.main", "train", "--config", str(work / "launch_config.json")],
+                       check=True)
+        out = json.loads((work / "train_summary.json").read_text())
+    else:
+        out = to_dict(train(cfg))
+    if work != Path(out_dir):
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        shutil.copytree(work / "adapter", Path(out_dir) / "adapter", dirs_exist_ok=True)
+        for name in ("train_config.json", "train_summary.json"):
+            if (work / name).is_file():
+                shutil.copyfile(work / name, Path(out_dir) / name)
     out["lineage"] = lineage
     return out
 

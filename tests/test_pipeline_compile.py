@@ -7,7 +7,8 @@ from pipelines.portrait import compile_pipeline
 
 def test_pipeline_compiles(tmp_path):
     out = compile_pipeline(str(tmp_path / "p.yaml"), version="9.9.9+gtest")
-    spec = yaml.safe_load(open(out))
+    spec, *platform = list(yaml.safe_load_all(open(out)))
+    assert platform, "kubernetes platform settings are compiled into a second document"
     tasks = spec["root"]["dag"]["tasks"]
     assert set(tasks) == {"prepare-data", "train-model", "evaluate-model", "register-model"}
     assert tasks["train-model"]["dependentTasks"] == ["prepare-data"]
