@@ -4,8 +4,11 @@ No `from __future__ import annotations` here: KFP reads the component annotation
 """
 
 
+import copy
 import itertools
 import json
+import shutil
+import subprocess
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -207,3 +210,90 @@ class FakeKfp:
             self.recurring.pop(path.rsplit("/", 1)[1], None)
             return 200, {}
         return 404, {"error": f"fake KFP: no route for {m} {path}", "code": 5}
+
+
+# ---- a minimal kustomize for the features infra/k8s uses (fallback when no kustomize binary exists) ----------------
+
+
+CLUSTER_SCOPED = {"Namespace", "ClusterRole", "ClusterRoleBinding", "PersistentVolume", "StorageClass",
+                  "CustomResourceDefinition"}
+
+
+def _smp(base, patch):
+    """Strategic-merge subset: maps merge, lists of named maps merge by name, other lists replace."""
+    if isinstance(base, dict) and isinstance(patch, dict):
+        out = dict(base)
+        for k, v in patch.items():
+            out[k] = _smp(base[k], v) if k in base else copy.deepcopy(v)
+        return out
+    if (isinstance(base, list) and isinstance(patch, list) and base and patch
+            and all(isinstance(i, dict) and "name" in i for i in base + patch)):
+        out = [copy.deepcopy(i) for i in base]
+        for item in patch:
+            idx = next((n for n, b in enumerate(out) if b["name"] == item["name"]), None)
+            if idx is None:
+                out.append(copy.deepcopy(item))
+            else:
+                out[idx] = _smp(out[idx], item)
+        return out
+    return copy.deepcopy(patch)
+
+
+def _containers(doc: dict) -> list[dict]:
+    spec = doc.get("spec", {})
+    pod = spec.get("template", {}).get("spec", {}) if "template" in spec else spec
+    return pod.get("containers", []) + pod.get("initContainers", [])
+
+
+def render_kustomization(folder: Path) -> list[dict]:
+    """resources, namespace, labels (includeSelectors: false), patches (strategic merge), images."""
+    kust = yaml.safe_load((folder / "kustomization.yaml").read_text())
+    known = {"apiVersion", "kind", "resources", "namespace", "labels", "patches", "images"}
+    unknown = set(kust) - known
+    assert not unknown, f"{folder}: kustomize features the test renderer lacks: {unknown}"
+    docs: list[dict] = []
+    for res in kust.get("resources", []):
+        path = (folder / res).resolve()
+        if path.is_dir():
+            docs += render_kustomization(path)
+        else:
+            docs += [d for d in yaml.safe_load_all(path.read_text()) if d]
+    for patch_ref in kust.get("patches", []):
+        for patch in yaml.safe_load_all((folder / patch_ref["path"]).read_text()):
+            hits = [i for i, d in enumerate(docs)
+                    if d["kind"] == patch["kind"] and d["metadata"]["name"] == patch["metadata"]["name"]]
+            assert len(hits) == 1, f"patch {patch_ref['path']} matches {len(hits)} resources"
+            docs[hits[0]] = _smp(docs[hits[0]], patch)
+    for label in kust.get("labels", []):
+        assert label.get("includeSelectors") is False, "renderer only supports includeSelectors: false"
+        for d in docs:
+            d["metadata"].setdefault("labels", {}).update(label["pairs"])
+    for image in kust.get("images", []):
+        for d in docs:
+            for c in _containers(d):
+                name = c["image"].split("@")[0].rsplit(":", 1)[0] if ":" in c["image"].split("/")[-1] else c["image"]
+                if name == image["name"]:
+                    c["image"] = f"{image.get('newName', name)}:{image['newTag']}"
+    ns = kust.get("namespace")
+    if ns:
+        for d in docs:
+            if d["kind"] not in CLUSTER_SCOPED:
+                d["metadata"]["namespace"] = ns
+            if d["kind"] in ("RoleBinding", "ClusterRoleBinding"):
+                for s in d.get("subjects", []):
+                    if s["kind"] == "ServiceAccount":
+                        s["namespace"] = ns
+    return docs
+
+
+def kubectl_kustomize(folder: Path) -> list[dict] | None:
+    """The real renderer when a kubectl (built-in kustomize) or kustomize binary is on PATH, else None."""
+    if shutil.which("kustomize"):
+        cmd = ["kustomize", "build", str(folder)]
+    elif shutil.which("kubectl"):
+        cmd = ["kubectl", "kustomize", str(folder)]
+    else:
+        return None
+    out = subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=120)
+    assert out.returncode == 0, out.stderr
+    return [d for d in yaml.safe_load_all(out.stdout) if d]
