@@ -14,6 +14,7 @@ log = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 WORLD_BASE = REPO_ROOT / "assets" / "world" / "base"
+WORLD_CLIP = REPO_ROOT / "assets" / "world" / "clip"
 
 
 @dataclass
@@ -77,13 +78,25 @@ def prepare_workspace(root: str | Path, *, n_images: int = 24, seed: int = 0,
                          tracking_uri=f"sqlite:///{root / 'mlflow.db'}", resolution=resolution)
 
 
-def demo_configs(resolution: int, steps: int, method: str) -> dict[str, str]:
-    """Small settings so the whole pipeline finishes in minutes on 2 CPU cores."""
+def demo_configs(resolution: int, steps: int, method: str, clip_model: str | None = None) -> dict[str, str]:
+    """Small settings so the whole pipeline finishes in minutes on 2 CPU cores.
+
+    The gate judges what the demo can measure: pollution always, CLIP-T when a trained CLIP exists (the small
+    world's). Faces generated at 64 px are below dlib's detector's reach, so ID similarity is reported as
+    unavailable and left out of the demo's gate (production keeps the registry's default rules).
+    """
+    clip_model = clip_model if clip_model is not None else (
+        str(WORLD_CLIP) if (WORLD_CLIP / "config.json").is_file() else None)
     prepare = {"size": resolution}
     train = {"steps": steps, "resolution": resolution, "checkpoint_every": max(steps // 2, 1)}
-    evaluate = {"num_inference_steps": 10, "resolution": resolution}
+    evaluate: dict = {"num_inference_steps": 10, "resolution": resolution}
+    rules = [{"metric": "pollution", "better": "lower", "epsilon": 0.01, "bound": 0.5}]
+    if clip_model:
+        evaluate["clip_model"] = clip_model
+        rules.append({"metric": "clip_t", "better": "higher", "epsilon": 0.02})
     return {
         "prepare_config_json": json.dumps(prepare),
         "train_config_json": json.dumps(train),
         "eval_config_json": json.dumps(evaluate),
+        "gate_rules_json": json.dumps({"rules": rules}),
     }
