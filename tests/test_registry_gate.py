@@ -18,33 +18,33 @@ def m(**values) -> Metrics:
     return parse_metrics(values, source="test")
 
 
-CHAMP = m(pollution=0.20, clip_t=0.30, id_similarity=0.9)
+CHAMP = m(pollution=0.20, clip_t=0.30, id_sim=0.9)
 
 
 def test_better_challenger_passes():
-    v = evaluate_gate(GateRules(), m(pollution=0.15, clip_t=0.31, id_similarity=0.9), CHAMP)
-    assert v.passed and [c.metric for c in v.checks] == ["pollution", "clip_t", "id_similarity"]
+    v = evaluate_gate(GateRules(), m(pollution=0.15, clip_t=0.31, id_sim=0.9), CHAMP)
+    assert v.passed and [c.metric for c in v.checks] == ["pollution", "clip_t", "id_sim"]
 
 
 def test_within_epsilon_passes_beyond_fails():
     rules = GateRules()
-    assert evaluate_gate(rules, m(pollution=0.205, clip_t=0.295, id_similarity=0.5), CHAMP).passed
-    v = evaluate_gate(rules, m(pollution=0.25, clip_t=0.30, id_similarity=0.5), CHAMP)
+    assert evaluate_gate(rules, m(pollution=0.205, clip_t=0.295, id_sim=0.5), CHAMP).passed
+    v = evaluate_gate(rules, m(pollution=0.25, clip_t=0.30, id_sim=0.5), CHAMP)
     assert not v.passed and [c.metric for c in v.failed] == ["pollution"]
     assert "worse than champion 0.2" in v.failed[0].reason
-    v = evaluate_gate(rules, m(pollution=0.1, clip_t=0.2, id_similarity=0.5), CHAMP)
+    v = evaluate_gate(rules, m(pollution=0.1, clip_t=0.2, id_sim=0.5), CHAMP)
     assert [c.metric for c in v.failed] == ["clip_t"]
 
 
 def test_absolute_bound_applies_even_when_better_than_champion():
-    bad_champ = m(pollution=0.9, clip_t=0.3, id_similarity=0.9)
-    v = evaluate_gate(GateRules(), m(pollution=0.6, clip_t=0.3, id_similarity=0.9), bad_champ)
+    bad_champ = m(pollution=0.9, clip_t=0.3, id_sim=0.9)
+    v = evaluate_gate(GateRules(), m(pollution=0.6, clip_t=0.3, id_sim=0.9), bad_champ)
     assert not v.passed and "absolute bound <= 0.5" in v.failed[0].reason
 
 
 def test_first_model_needs_only_bounds():
-    assert evaluate_gate(GateRules(), m(pollution=0.4, clip_t=0.01, id_similarity=0.1), None).passed
-    assert not evaluate_gate(GateRules(), m(pollution=0.7, clip_t=0.9, id_similarity=0.1), None).passed
+    assert evaluate_gate(GateRules(), m(pollution=0.4, clip_t=0.01, id_sim=0.1), None).passed
+    assert not evaluate_gate(GateRules(), m(pollution=0.7, clip_t=0.9, id_sim=0.1), None).passed
 
 
 def test_missing_and_unavailable_metrics_are_reported():
@@ -52,18 +52,18 @@ def test_missing_and_unavailable_metrics_are_reported():
                          source="t")
     v = evaluate_gate(GateRules(), chal, CHAMP)
     reasons = {c.metric: c.reason for c in v.failed}
-    assert set(reasons) == {"clip_t", "id_similarity"}
-    assert "unavailable (no CLIP weights)" in reasons["clip_t"] and "missing" in reasons["id_similarity"]
+    assert set(reasons) == {"clip_t", "id_sim"}
+    assert "unavailable (no CLIP weights)" in reasons["clip_t"] and "missing" in reasons["id_sim"]
     skip = evaluate_gate(GateRules(on_missing="skip"), chal, CHAMP)
-    assert skip.passed and {c.metric for c in skip.checks if c.skipped} == {"clip_t", "id_similarity"}
+    assert skip.passed and {c.metric for c in skip.checks if c.skipped} == {"clip_t", "id_sim"}
 
 
 def test_champion_without_metric_skips_relative_check_but_keeps_bound():
-    champ = m(clip_t=0.3, id_similarity=0.9)  # no pollution recorded for the old champion
-    v = evaluate_gate(GateRules(), m(pollution=0.4, clip_t=0.3, id_similarity=0.9), champ)
+    champ = m(clip_t=0.3, id_sim=0.9)  # no pollution recorded for the old champion
+    v = evaluate_gate(GateRules(), m(pollution=0.4, clip_t=0.3, id_sim=0.9), champ)
     pol = next(c for c in v.checks if c.metric == "pollution")
     assert pol.passed and pol.skipped and "champion has no value" in pol.reason
-    assert not evaluate_gate(GateRules(), m(pollution=0.6, clip_t=0.3, id_similarity=0.9), champ).passed
+    assert not evaluate_gate(GateRules(), m(pollution=0.6, clip_t=0.3, id_sim=0.9), champ).passed
 
 
 def test_rules_file_and_bad_values(tmp_path):
@@ -170,4 +170,5 @@ def test_code_rev_prefers_the_image_variable(monkeypatch):
     assert code_rev() == "deadbeef"
     monkeypatch.delenv("SPF_CODE_REV")
     rev = code_rev()
-    assert rev == "unknown" or (len(rev) == 40 and all(c in "0123456789abcdef" for c in rev))
+    sha = rev.removesuffix("-dirty")
+    assert rev == "unknown" or (len(sha) == 40 and all(c in "0123456789abcdef" for c in sha))

@@ -1,7 +1,72 @@
-"""`spf data ...` subcommands."""
+"""`spf data ...` subcommands: synth (demo world), prepare (faces + captions + QA), pull (DVC at a revision)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Annotated
+
 import typer
 
+from spf_lib.errors import SpfError
+
 app = typer.Typer(no_args_is_help=True, help="data commands")
+
+
+@app.command("prepare")
+def prepare(
+    input_dir: Annotated[Path, typer.Option("--input", help="folder of images with captions")],
+    output_dir: Annotated[Path, typer.Option("--output", help="prepare output folder (replaced atomically)")],
+    config: Annotated[Path | None, typer.Option("--config", help="PrepareConfig fields as YAML or JSON")] = None,
+    target_phrase: Annotated[str | None, typer.Option("--target-phrase", help="caption phrase being taught")] = None,
+    size: Annotated[int | None, typer.Option("--size", help="aligned crop side in pixels (default 512)")] = None,
+    workers: Annotated[int | None, typer.Option("--workers", help="processes (0 = all cores)")] = None,
+) -> None:
+    """Detect, align and crop faces, check captions, validate the manifest with Great Expectations."""
+    from spf_lib.data.config import PrepareConfig
+    from spf_lib.settings import quiet_third_parties
+
+    quiet_third_parties()
+    data = PrepareConfig.from_file(config).to_dict() if config else {}
+    overrides = {"target_phrase": target_phrase, "size": size, "workers": workers}
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    cfg = PrepareConfig.from_dict(data, source=str(config) if config else "command line")
+
+    from spf_lib.data.prepare import prepare_dataset
+
+    r = prepare_dataset(input_dir, output_dir, cfg)
+    reasons = ", ".join(f"{k}={v}" for k, v in r.rejected_by_reason.items()) or "none"
+    typer.echo(f"prepared {r.n_input} inputs: {r.n_kept} kept, {r.n_rejected} rejected ({reasons}); "
+               f"QA {'passed' if r.qa_passed else 'FAILED'}")
+    typer.echo(f"manifest: {r.manifest_path}")
+    typer.echo(f"report:   {r.report_path}")
+
+
+@app.command("pull")
+def pull(
+    repo: Annotated[str, typer.Option("--repo", help="git URL or path of the DVC-tracked data repo")],
+    rev: Annotated[str, typer.Option("--rev", help="git revision (commit, tag, branch)")],
+    output_dir: Annotated[Path, typer.Option("--output", help="where the `data` folder's content goes")],
+    remote: Annotated[str | None, typer.Option("--remote", help="DVC remote name (default: the repo's)")] = None,
+) -> None:
+    """Fetch the DVC-tracked `data` folder at a git revision (endpoint/credentials from env or DVC config)."""
+    from spf_lib.data.dvc_io import pull_data
+    from spf_lib.settings import quiet_third_parties
+
+    quiet_third_parties()
+    ref = pull_data(repo, rev, output_dir, remote=remote)
+    typer.echo(f"pulled data at rev {ref.rev} (dvc md5 {ref.data_hash}) into {ref.path}")
+
+
+@app.command("synth")
+def synth(
+    output_dir: Annotated[Path, typer.Option("--output", help="folder for images/ and captions.jsonl")],
+    n: Annotated[int, typer.Option("--n", help="number of images")] = 16,
+    seed: Annotated[int, typer.Option("--seed", help="same seed -> byte-identical files")] = 0,
+) -> None:
+    """Generate the deterministic synthetic portrait world used by the demo."""
+    try:
+        from spf_lib.data.synth import synth_dataset
+    except ImportError as e:
+        raise SpfError(f"spf data synth: spf_lib.data.synth.synth_dataset is not available yet ({e})") from e
+    path = synth_dataset(output_dir, n=n, seed=seed)
+    typer.echo(f"wrote {n} synthetic portraits to {path}")

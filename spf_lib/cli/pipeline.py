@@ -1,7 +1,189 @@
-"""`spf pipeline ...` subcommands."""
+"""`spf pipeline ...`: compile the KFP pipeline, run it locally, and (on a cluster) upload/submit/schedule.
+
+kfp is imported lazily inside each command from the top-level ``pipelines`` package; ``spf_lib`` itself never
+imports kfp.
+"""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+from typing import Annotated
+
 import typer
 
-app = typer.Typer(no_args_is_help=True, help="pipeline commands")
+from spf_lib.errors import SpfError
+
+app = typer.Typer(no_args_is_help=True, help="Compile, run locally, upload, submit and schedule the KFP pipeline.")
+
+
+def parse_params(pairs: list[str] | None) -> dict[str, object]:
+    """``KEY=VALUE`` pairs to pipeline parameters (VALUE parsed as JSON when it is valid JSON)."""
+    out: dict[str, object] = {}
+    for kv in pairs or []:
+        if "=" not in kv:
+            raise SpfError(f"--param {kv!r}: expected KEY=VALUE")
+        k, v = kv.split("=", 1)
+        if not k.strip():
+            raise SpfError(f"--param {kv!r}: expected KEY=VALUE")
+        try:
+            out[k.strip()] = json.loads(v)
+        except ValueError:
+            out[k.strip()] = v
+    return out
+
+
+@app.command("compile")
+def compile_cmd(
+    output: Annotated[Path, typer.Option("-o", "--output", help="where to write the pipeline YAML")] = Path(
+        "spf-portrait-pipeline.yaml"),
+    version: Annotated[str | None, typer.Option(help="pipeline version (default: package version + git sha)")] = None,
+) -> None:
+    """Compile the pipeline to a KFP IR YAML file."""
+    from pipelines.portrait import compile_pipeline
+    from spf_lib.io import atomic_path
+
+    with atomic_path(output) as tmp:
+        compile_pipeline(str(tmp.with_suffix(".yaml")), version=version)
+        tmp.with_suffix(".yaml").replace(tmp)
+    typer.echo(f"wrote {output}")
+
+
+@app.command("run")
+def run_cmd(
+    data_repo: Annotated[str, typer.Option(help="git repo (path or URL) holding data.dvc")],
+    base_model: Annotated[str, typer.Option(help="local folder, hub id or s3:// prefix")],
+    data_rev: Annotated[str, typer.Option(help="git revision of the data repo")] = "HEAD",
+    method: Annotated[str, typer.Option(help="lora | spf | celeb-basis | beyond-inserting")] = "spf",
+    param: Annotated[list[str] | None, typer.Option("--param", "-p", help="extra pipeline parameter KEY=VALUE")] = None,
+    pipeline_root: Annotated[Path, typer.Option(help="where local task outputs go")] = Path(".spf/pipeline-root"),
+) -> None:
+    """Run the pipeline on this machine with kfp's local SubprocessRunner."""
+    from pipelines.local import run_local
+    from spf_lib.methods import METHODS
+
+    if method not in METHODS:
+        raise SpfError(f"--method {method!r}: expected one of {', '.join(METHODS)}")
+    params = {"data_repo": data_repo, "base_model": base_model, "data_rev": data_rev, "method": method,
+              **parse_params(param)}
+    out = run_local(params, pipeline_root)
+    typer.echo(json.dumps(out, indent=2, default=str))
+
+# ======================================================================================================================
+# Kubeflow server commands (upload / submit / schedule / retrain-if-changed). `pipelines.client` (which imports kfp)
+# is imported inside each command, never at module level.
+# ======================================================================================================================
+
+from typing import Annotated as _A
+
+_HostOpt = _A[str | None, typer.Option("--host", envvar="KF_PIPELINES_ENDPOINT",
+                                       help="KFP API URL; omit to use the current kube context")]
+_NsOpt = _A[str | None, typer.Option("--namespace", help="Kubeflow profile namespace (multi-user)")]
+_TokenOpt = _A[str | None, typer.Option("--token", envvar="KF_PIPELINES_TOKEN", show_envvar=True,
+                                        help="bearer token (e.g. `kubectl create token`); not echoed")]
+_SaTokenOpt = _A[str | None, typer.Option("--sa-token-path", help="projected service-account token file (in-cluster)")]
+_CtxOpt = _A[str | None, typer.Option("--kube-context", help="kubeconfig context when --host is omitted")]
+_ParamOpt = _A[list[str] | None, typer.Option("--param", "-p", help="pipeline parameter k=v (v parsed as JSON if it can)")]
+_ExpOpt = _A[str, typer.Option("--experiment", help="KFP experiment")]
+
+
+def _connect(host, namespace, token, sa_token_path, kube_context):
+    from pipelines.client import connect
+
+    return connect(host, namespace=namespace, token=token, sa_token_path=sa_token_path, kube_context=kube_context)
+
+
+@app.command("upload")
+def upload_cmd(
+    package: _A[Path, typer.Option("--package", help="compiled pipeline YAML")],
+    name: _A[str, typer.Option("--name", help="pipeline name on the server")] = "spf-portrait",
+    version: _A[str | None, typer.Option("--version", help="default: <package version>-<git sha>[-dirty-<hash>]")] = None,
+    description: _A[str, typer.Option("--description")] = "",
+    host: _HostOpt = None, namespace: _NsOpt = None, token: _TokenOpt = None, sa_token_path: _SaTokenOpt = None,
+    kube_context: _CtxOpt = None,
+) -> None:
+    """Upload a compiled pipeline as a new version (creating the pipeline on first upload)."""
+    from pipelines.client import upload
+    from pipelines.versioning import version_name
+
+    if not package.is_file():
+        raise SpfError(f"{package}: pipeline package not found (compile it first: spf pipeline compile)")
+    version = version or version_name(package)
+    ref = upload(_connect(host, namespace, token, sa_token_path, kube_context), package, name, version, description)
+    typer.echo(json.dumps({"pipeline_id": ref.pipeline_id, "version_id": ref.version_id, "version": version}))
+
+
+@app.command("submit")
+def submit_cmd(
+    package: _A[Path | None, typer.Option("--package", help="run this compiled YAML directly")] = None,
+    pipeline: _A[str | None, typer.Option("--pipeline", help="or run an uploaded pipeline by name")] = None,
+    version: _A[str | None, typer.Option("--version", help="pipeline version (default: newest)")] = None,
+    experiment: _ExpOpt = "spf-portrait",
+    param: _ParamOpt = None,
+    run_name: _A[str | None, typer.Option("--run-name")] = None,
+    service_account: _A[str | None, typer.Option("--service-account")] = None,
+    host: _HostOpt = None, namespace: _NsOpt = None, token: _TokenOpt = None, sa_token_path: _SaTokenOpt = None,
+    kube_context: _CtxOpt = None,
+) -> None:
+    """Start one run on Kubeflow."""
+    from pipelines.client import submit
+
+    params = parse_params(param)
+    run_id = submit(_connect(host, namespace, token, sa_token_path, kube_context), params=params, package=package,
+                    pipeline=pipeline, version=version, experiment=experiment, run_name=run_name,
+                    namespace=namespace, service_account=service_account)
+    typer.echo(json.dumps({"run_id": run_id}))
+
+
+@app.command("schedule")
+def schedule_cmd(
+    cron: _A[str, typer.Option("--cron", help="5 or 6 fields (seconds first) or @daily/@hourly/...")],
+    pipeline: _A[str, typer.Option("--pipeline", help="uploaded pipeline name")] = "spf-portrait",
+    version: _A[str | None, typer.Option("--version", help="pin a version (default: follow the newest)")] = None,
+    job_name: _A[str | None, typer.Option("--job-name")] = None,
+    experiment: _ExpOpt = "spf-portrait",
+    param: _ParamOpt = None,
+    replace: _A[bool, typer.Option("--replace", help="replace a recurring run of the same name")] = False,
+    service_account: _A[str | None, typer.Option("--service-account")] = None,
+    host: _HostOpt = None, namespace: _NsOpt = None, token: _TokenOpt = None, sa_token_path: _SaTokenOpt = None,
+    kube_context: _CtxOpt = None,
+) -> None:
+    """Create a recurring run (max one at a time, no catch-up)."""
+    from pipelines.client import schedule
+    from pipelines.versioning import six_field_cron
+
+    cron6 = six_field_cron(cron)  # fail on a bad field before connecting
+    params = parse_params(param)
+    rid = schedule(_connect(host, namespace, token, sa_token_path, kube_context), pipeline=pipeline, cron=cron6,
+                   job_name=job_name, params=params, version=version, experiment=experiment, namespace=namespace,
+                   service_account=service_account, replace=replace)
+    typer.echo(json.dumps({"recurring_run_id": rid, "cron": cron6}))
+
+
+@app.command("retrain-if-changed")
+def retrain_if_changed_cmd(
+    dvc_file: _A[Path, typer.Option("--dvc-file", help="the data's .dvc file")] = Path("data.dvc"),
+    model_name: _A[str | None, typer.Option("--model-name", help="registered model (default: $SPF_MODEL_NAME)")] = None,
+    package: _A[Path | None, typer.Option("--package", help="run this compiled YAML directly")] = None,
+    pipeline: _A[str | None, typer.Option("--pipeline", help="or run an uploaded pipeline by name")] = None,
+    version: _A[str | None, typer.Option("--version")] = None,
+    experiment: _ExpOpt = "spf-portrait",
+    param: _ParamOpt = None,
+    host: _HostOpt = None, namespace: _NsOpt = None, token: _TokenOpt = None, sa_token_path: _SaTokenOpt = None,
+    kube_context: _CtxOpt = None,
+) -> None:
+    """Submit a run only if data.dvc differs from the data hash on the current champion model."""
+    from pipelines.client import retrain_if_changed
+    from spf_lib.settings import Settings, quiet_third_parties
+
+    quiet_third_parties()
+    settings = Settings.from_env()
+    if package is None and pipeline is None:
+        pipeline = "spf-portrait"
+    decision = retrain_if_changed(
+        lambda: _connect(host, namespace, token, sa_token_path, kube_context),
+        dvc_file=dvc_file, model_name=model_name or settings.model_name, tracking_uri=settings.tracking_uri,
+        params=parse_params(param), package=package, pipeline=pipeline, version=version, experiment=experiment,
+        namespace=namespace,
+    )
+    typer.echo(json.dumps(decision.__dict__))

@@ -65,7 +65,7 @@ def promote(
     pollution_max: Annotated[float | None, typer.Option(help="absolute upper bound on pollution")] = None,
     pollution_eps: Annotated[float | None, typer.Option(help="tolerated pollution increase vs champion")] = None,
     clip_eps: Annotated[float | None, typer.Option(help="tolerated CLIP-T decrease vs champion")] = None,
-    id_min: Annotated[float | None, typer.Option(help="absolute lower bound on id_similarity")] = None,
+    id_min: Annotated[float | None, typer.Option(help="absolute lower bound on id_sim")] = None,
     on_missing: Annotated[str | None, typer.Option(help="fail | skip: a missing/unavailable metric")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the result as JSON")] = False,
 ) -> None:
@@ -80,7 +80,7 @@ def promote(
     for metric, better, field, value in (("pollution", "lower", "bound", pollution_max),
                                          ("pollution", "lower", "epsilon", pollution_eps),
                                          ("clip_t", "higher", "epsilon", clip_eps),
-                                         ("id_similarity", "higher", "bound", id_min)):
+                                         ("id_sim", "higher", "bound", id_min)):
         if value is not None:
             try:
                 gate = gate.with_rule(metric, better=better, **{field: value})

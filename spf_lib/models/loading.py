@@ -92,7 +92,7 @@ def load_pipeline(ref: str, *, dtype: str = "float32", device: str = "cpu", cach
     local = Path(path).exists()
     try:
         pipe = StableDiffusionPipeline.from_pretrained(
-            path, torch_dtype=torch_dtype, use_safetensors=True, local_files_only=local or _offline(),
+            path, dtype=torch_dtype, use_safetensors=True, local_files_only=local or _offline(),
             safety_checker=None, requires_safety_checker=False,
         )
     except OSError as e:

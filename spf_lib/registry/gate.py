@@ -55,7 +55,7 @@ def default_rules() -> list[MetricRule]:
     return [
         MetricRule(metric="pollution", better="lower", epsilon=0.01, bound=0.5),
         MetricRule(metric="clip_t", better="higher", epsilon=0.01),
-        MetricRule(metric="id_similarity", better="higher", bound=0.0),
+        MetricRule(metric="id_sim", better="higher", bound=0.0),
     ]
 
 

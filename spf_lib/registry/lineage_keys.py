@@ -7,17 +7,15 @@ version and a missing key is visible instead of silently absent.
 from __future__ import annotations
 
 import logging
-import os
-import subprocess
-from pathlib import Path
 
 from spf_lib.errors import SpfError
+from spf_lib.lineage import LINEAGE_KEYS
+from spf_lib.lineage import code_revision as code_rev
 from spf_lib.registry.scrub import scrub
 
 log = logging.getLogger(__name__)
 
-KEYS = ("data_rev", "data_hash", "code_rev", "pipeline_name", "pipeline_version", "kfp_run_id", "method",
-        "config_hash", "base_model")
+KEYS = LINEAGE_KEYS
 UNKNOWN = "unknown"
 MAX_TAG_VALUE = 5000
 
@@ -25,26 +23,6 @@ MAX_TAG_VALUE = 5000
 def is_real(value: str | None) -> bool:
     """False for empty/unknown values and for KFP placeholders that were never substituted."""
     return bool(value) and value != UNKNOWN and "{{" not in value and "$(" not in value
-
-
-def code_rev() -> str:
-    """``SPF_CODE_REV`` (baked into the component image), else the sha of this project's own git checkout.
-
-    Only a checkout whose top level IS the project counts: a wheel installed in a venv that happens to sit
-    inside some other repository must not report that repository's sha.
-    """
-    if env := os.environ.get("SPF_CODE_REV", "").strip():
-        return env
-    root = Path(__file__).resolve().parents[2]
-    try:
-        out = subprocess.run(["git", "-C", str(root), "rev-parse", "--show-toplevel", "HEAD"], capture_output=True,
-                             text=True, timeout=5, check=False)
-    except (OSError, subprocess.TimeoutExpired):
-        return UNKNOWN
-    lines = out.stdout.split()
-    if out.returncode != 0 or len(lines) != 2 or Path(lines[0]).resolve() != root or len(lines[1]) != 40:
-        return UNKNOWN
-    return lines[1]
 
 
 def complete(lineage: dict | None, *, base_model: str, method: str) -> dict[str, str]:

@@ -1,0 +1,35 @@
+"""KFP component: original vs tuned on fixed prompts and seeds; ID, CLIP and pollution scores; HTML report."""
+
+from kfp import dsl
+from kfp.dsl import HTML, Artifact, Input, Metrics, Model, Output
+
+from components._common import GPU_IMAGE
+
+
+@dsl.component(base_image=GPU_IMAGE, install_kfp_package=False)
+def evaluate_model(
+    model: Input[Model],
+    base_model: str,
+    eval_config_json: str,
+    evaluation: Output[Artifact],
+    eval_metrics: Output[Metrics],
+    report: Output[HTML],
+) -> str:
+    import json
+    import shutil
+    from pathlib import Path
+
+    from spf_lib.settings import quiet_third_parties
+    from spf_lib.stages import evaluate_stage
+
+    quiet_third_parties()
+    adapter_dir = Path(model.path) / "adapter"
+    evaluate_stage(adapter_dir, base_model, eval_config_json, evaluation.path)
+    metrics = json.loads((Path(evaluation.path) / "metrics.json").read_text())
+    for key, value in metrics.items():
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            eval_metrics.log_metric(key, float(value))
+    page = Path(evaluation.path) / "report.html"
+    if page.is_file():
+        shutil.copyfile(page, report.path)
+    return json.dumps({k: v for k, v in metrics.items() if isinstance(v, (int, float, type(None)))})

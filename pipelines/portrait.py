@@ -1,0 +1,106 @@
+"""The spf-portrait pipeline: prepare → train → evaluate → register (+ promotion gate).
+
+(No ``from __future__ import annotations`` here: kfp reads the real annotation objects.)
+
+One DAG for the laptop and the cluster: locally kfp's SubprocessRunner ignores the Kubernetes settings that
+``pipelines.platform`` attaches; on Kubeflow they place training on GPU node pools.
+"""
+
+
+import os
+from typing import NamedTuple
+
+from kfp import dsl
+
+from components.evaluate import evaluate_model
+from components.prepare import prepare_data
+from components.register import register_model
+from components.train import train_model
+from pipelines import platform
+
+PIPELINE_NAME = "spf-portrait"
+# SPF_PIPELINE_RETRIES=0 (set by pipelines.local before import) compiles a fail-fast DAG for local runs.
+_RETRIES = os.environ.get("SPF_PIPELINE_RETRIES")
+RETRY_OVERRIDES = {} if _RETRIES is None else {f"{s}_retries": int(_RETRIES)
+                                                for s in ("prepare", "train", "eval", "register")}
+
+
+def pipeline_version() -> str:
+    """``<package version>+g<short sha>`` (``.dirty`` when the tree has changes): the KFP pipeline version name."""
+    from spf_lib.lineage import code_revision
+
+    from spf_lib import __version__
+
+    rev = code_revision()
+    if rev == "unknown":
+        return __version__
+    sha = rev.split("-")[0][:8]
+    return f"{__version__}+g{sha}" + (".dirty" if rev.endswith("-dirty") else "")
+
+
+@dsl.pipeline(
+    name=PIPELINE_NAME,
+    description="Fine-tune a portrait text-to-image model on DVC-versioned data without semantic pollution; "
+    "evaluate against the original; register in MLflow and promote by alias.",
+)
+def portrait_pipeline(
+    data_repo: str,
+    base_model: str,
+    data_rev: str = "HEAD",
+    method: str = "spf",
+    prepare_config_json: str = "{}",
+    train_config_json: str = "{}",
+    eval_config_json: str = "{}",
+    model_name: str = "spf-portrait",
+    promote: bool = True,
+    gate_rules_json: str = "{}",
+    pipeline_version: str = "dev",
+    accelerator_type: str = "nvidia.com/gpu",
+    accelerator_count: int = 1,
+    node_selector_json: str = "{}",
+    tolerations_json: str = "[]",
+) -> NamedTuple("PipelineOutputs", [("registration", str), ("metrics", str), ("data_rev", str),
+                                          ("n_kept", int), ("n_rejected", int), ("final_loss", float)]):
+    params = {
+        "accelerator_type": accelerator_type, "accelerator_count": accelerator_count,
+        "node_selector_json": node_selector_json, "tolerations_json": tolerations_json, **RETRY_OVERRIDES,
+    }
+    prep = prepare_data(data_repo=data_repo, data_rev=data_rev, prepare_config_json=prepare_config_json)
+    prep.set_display_name("prepare data (faces + QA)")
+    platform.configure_prepare(prep, params)
+
+    train = train_model(
+        prepared=prep.outputs["prepared"], base_model=base_model, method=method,
+        train_config_json=train_config_json, pipeline_name=PIPELINE_NAME, pipeline_version=pipeline_version,
+        kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+    )
+    train.set_display_name("train adapter")
+    platform.configure_train(train, params)
+
+    ev = evaluate_model(model=train.outputs["model"], base_model=base_model, eval_config_json=eval_config_json)
+    ev.set_display_name("evaluate vs original")
+    platform.configure_evaluate(ev, params)
+
+    reg = register_model(
+        model=train.outputs["model"], evaluation=ev.outputs["evaluation"], base_model=base_model,
+        model_name=model_name, lineage_json=train.outputs["lineage_json"],
+        mlflow_run_id=train.outputs["mlflow_run_id"], promote=promote, gate_rules_json=gate_rules_json,
+    )
+    reg.set_display_name("register + promotion gate")
+    platform.configure_register(reg, params)
+    outputs = NamedTuple("PipelineOutputs", [("registration", str), ("metrics", str), ("data_rev", str),
+                                             ("n_kept", int), ("n_rejected", int), ("final_loss", float)])
+    return outputs(reg.outputs["summary"], ev.outputs["Output"], prep.outputs["data_rev"], prep.outputs["n_kept"],
+                   prep.outputs["n_rejected"], train.outputs["final_loss"])
+
+
+def compile_pipeline(output: str, version: str | None = None) -> str:
+    """Compile to YAML with ``pipeline_version`` defaulted to this code's version."""
+    from kfp import compiler
+
+    version = version or pipeline_version()
+    compiler.Compiler().compile(
+        portrait_pipeline, package_path=output, pipeline_name=PIPELINE_NAME,
+        pipeline_parameters={"pipeline_version": version},
+    )
+    return output

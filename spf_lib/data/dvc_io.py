@@ -1,0 +1,205 @@
+"""DVC I/O: read the `data` folder at a git revision, and version a folder as `data` with a remote.
+
+Endpoints and credentials never appear in code: an S3 endpoint comes from the repo's DVC config, from
+``remote_config`` passed by the caller (who reads it from configuration) or from ``SPF_DVC_ENDPOINT_URL``; keys come
+from the standard AWS_* environment variables or ``.dvc/config.local``, read by DVC/boto itself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import os
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from spf_lib.errors import SpfError
+
+log = logging.getLogger(__name__)
+
+DATA_OUT = "data"
+DATA_REF_FILE = ".spf_data_ref.json"  # beside the pulled files; prepare reads it into its lineage
+
+
+@dataclass(frozen=True)
+class DataRef:
+    rev: str  # full git commit sha the revision resolved to
+    data_hash: str  # DVC md5 of the `data` output (from data.dvc at that rev), e.g. "0f3e...dir"
+    path: Path  # local folder holding the content of `data`
+
+
+def _quiet_dvc() -> None:
+    os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+
+
+def _remote_config_from_env(remote_config: dict[str, Any] | None) -> dict[str, Any] | None:
+    """``SPF_DVC_ENDPOINT_URL`` overrides the endpoint of the remote in use (e.g. inside a cluster)."""
+    endpoint = os.environ.get("SPF_DVC_ENDPOINT_URL")
+    if endpoint and not (remote_config or {}).get("endpointurl"):
+        remote_config = {**(remote_config or {}), "endpointurl": endpoint}
+    return remote_config
+
+
+def data_hash_from_dvcfile(text: str, source: str) -> tuple[str, int | None]:
+    """(md5, nfiles) of the single `data` output described by a .dvc file's YAML text."""
+    import yaml
+
+    try:
+        doc = yaml.safe_load(text) or {}
+        out = next(o for o in doc.get("outs", []) if o.get("path") == DATA_OUT)
+        return str(out["md5"]), out.get("nfiles")
+    except (yaml.YAMLError, StopIteration, KeyError, AttributeError, TypeError) as e:
+        raise SpfError(f"{source}: no 'outs' entry with path '{DATA_OUT}' and an md5") from e
+
+
+def pull_data(repo: str, rev: str, out_dir: str | Path, *, remote: str | None = None,
+              remote_config: dict[str, Any] | None = None) -> DataRef:
+    """Copy `data` at ``rev`` of ``repo`` (git URL or path) into ``out_dir``, fetching from the DVC remote."""
+    from dvc.api import DVCFileSystem
+    from dvc.exceptions import DvcException
+    from scmrepo.exceptions import SCMError
+
+    from spf_lib.io import atomic_dir, write_json_atomic
+
+    _quiet_dvc()
+    if not rev or not rev.strip():
+        raise SpfError("--rev: a git revision is required (commit, tag or branch)")
+    out_dir = Path(out_dir)
+    remote_config = _remote_config_from_env(remote_config)
+    try:
+        fs = DVCFileSystem(repo=repo, rev=rev, remote=remote, remote_config=remote_config)
+        try:
+            resolved = fs.repo.get_rev()
+            if not fs.exists("data.dvc"):
+                raise SpfError(f"--repo {repo} @ {rev}: no data.dvc at this revision")
+            md5, nfiles = data_hash_from_dvcfile(fs.read_text("data.dvc"), f"{repo}@{rev}:data.dvc")
+            with atomic_dir(out_dir) as tmp:
+                staging = tmp / ".payload"  # fsspec copies a folder's content only into a path that does not exist
+                fs.get(DATA_OUT, str(staging), recursive=True)
+                for child in staging.iterdir():
+                    child.rename(tmp / child.name)
+                staging.rmdir()
+                got = sum(1 for p in tmp.rglob("*") if p.is_file())
+                if nfiles is not None and got != nfiles:
+                    raise SpfError(f"{repo}@{rev}: data.dvc says {nfiles} files, fetched {got}")
+                write_json_atomic(tmp / DATA_REF_FILE, {"data_rev": resolved, "data_hash": md5, "repo": repo})
+        finally:
+            fs.close()
+    except SpfError:
+        raise
+    except (DvcException, SCMError) as e:
+        raise SpfError(f"--repo {repo} @ {rev}: {type(e).__name__}: {_one_line(e)}") from e
+    except Exception as e:  # dvc_data/fsspec/botocore raise many types: missing objects, network, bad URL
+        cause = e.__cause__ or e
+        raise SpfError(f"--repo {repo} @ {rev}: cannot read data ({type(e).__name__}: {_one_line(e)}"
+                       + (f"; {type(cause).__name__}: {_one_line(cause)}" if cause is not e else "") + ")") from e
+    log.info("pulled %s@%s (%s) into %s", repo, resolved, md5, out_dir)
+    return DataRef(rev=resolved, data_hash=md5, path=out_dir)
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split())[:300] or type(e).__name__
+
+
+def _git(repo_dir: Path, *args: str) -> str:
+    proc = subprocess.run(["git", *args], cwd=repo_dir, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise SpfError(f"{repo_dir}: git {' '.join(args)} failed: {_one_line(Exception(proc.stderr))}")
+    return proc.stdout.strip()
+
+
+def track_dataset(repo_dir: str | Path, data_dir_name: str = DATA_OUT, *, remote_url: str,
+                  remote_name: str = "storage", endpoint_url: str | None = None,
+                  message: str = "data: update", push: bool = True,
+                  local_endpoint: bool = False) -> tuple[str, str]:
+    """Version ``repo_dir/data`` with DVC and push it; return (git commit sha, data md5).
+
+    The remote is configured and committed before the first data commit, so every data revision in history knows
+    its remote (a remote added later, e.g. only in config.local, breaks reading old revisions).
+    ``local_endpoint=True`` keeps the S3 endpoint out of git (``.dvc/config.local``): readers then supply it from
+    their own configuration (``remote_config`` or ``SPF_DVC_ENDPOINT_URL``).
+    """
+    from dvc.exceptions import DvcException
+    from dvc.repo import Repo
+
+    _quiet_dvc()
+    repo_dir = Path(repo_dir).resolve()
+    if data_dir_name != DATA_OUT:
+        raise SpfError(f"data_dir_name={data_dir_name!r}: the pipeline reads the output named '{DATA_OUT}'")
+    if not (repo_dir / data_dir_name).is_dir():
+        raise SpfError(f"{repo_dir / data_dir_name}: not a folder")
+    if not (repo_dir / ".git").exists():
+        _git(repo_dir, "init", "-q")
+    if not _git_config(repo_dir, "user.email"):
+        _git(repo_dir, "config", "user.email", "spf@localhost")
+        _git(repo_dir, "config", "user.name", "spf")
+    sink = io.StringIO()
+    try:
+        with _dvc_silenced(), contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
+            repo = Repo.init(str(repo_dir)) if not (repo_dir / ".dvc").is_dir() else Repo(str(repo_dir))
+            with repo:
+                _ensure_remote(repo, remote_name, remote_url, None if local_endpoint else endpoint_url)
+                if local_endpoint and endpoint_url:
+                    with repo.config.edit("local") as conf:
+                        conf["remote"][remote_name] = {**conf["remote"].get(remote_name, {}),
+                                                       "endpointurl": endpoint_url}
+                _git(repo_dir, "add", *[p for p in (".dvc/config", ".dvc/.gitignore", ".dvcignore")
+                                        if (repo_dir / p).exists()])
+                if _git_dirty(repo_dir):
+                    _git(repo_dir, "commit", "-q", "-m", f"dvc: remote {remote_name}")
+                repo.add(str(repo_dir / data_dir_name))
+                _git(repo_dir, "add", f"{data_dir_name}.dvc", *[".gitignore"] * (repo_dir / ".gitignore").exists())
+                if _git_dirty(repo_dir):
+                    _git(repo_dir, "commit", "-q", "-m", message)
+                if push:
+                    repo.push(remote=remote_name)
+    except DvcException as e:
+        raise SpfError(f"{repo_dir}: dvc failed: {_one_line(e)}") from e
+    md5, _ = data_hash_from_dvcfile((repo_dir / f"{data_dir_name}.dvc").read_text(), str(repo_dir / "data.dvc"))
+    return _git(repo_dir, "rev-parse", "HEAD"), md5
+
+
+@contextlib.contextmanager
+def _dvc_silenced():
+    """DVC's own logger prints git hints ("To track the changes with git...") that we act on ourselves."""
+    logger = logging.getLogger("dvc")
+    level = logger.level
+    logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def _git_config(repo_dir: Path, key: str) -> str:
+    proc = subprocess.run(["git", "config", key], cwd=repo_dir, capture_output=True, text=True, check=False)
+    return proc.stdout.strip()
+
+
+def _git_dirty(repo_dir: Path) -> bool:
+    return bool(_git(repo_dir, "diff", "--cached", "--name-only"))
+
+
+def _ensure_remote(repo, name: str, url: str, endpoint_url: str | None) -> None:
+    """Add or update the remote in the committed .dvc/config (URL and endpoint are addresses, not secrets)."""
+    with repo.config.edit() as conf:
+        entry = dict(conf["remote"].get(name, {}))
+        entry["url"] = url
+        if endpoint_url:
+            entry["endpointurl"] = endpoint_url
+        conf["remote"][name] = entry
+        conf["core"]["remote"] = name
+        conf["core"]["analytics"] = False
+
+
+def read_data_ref(folder: str | Path) -> dict[str, str]:
+    """The lineage a pull left beside the data ({} when the folder was not pulled)."""
+    p = Path(folder) / DATA_REF_FILE
+    try:
+        return json.loads(p.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}

@@ -1,0 +1,155 @@
+"""The four pipeline stages as plain functions over folders and JSON strings.
+
+KFP components and the CLI call these, so a component body is only argument plumbing and every stage can be run
+and tested without kfp. Each returns a JSON-serialisable dict that the component turns into outputs/metadata.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+from dataclasses import asdict, is_dataclass
+from pathlib import Path
+from typing import Any
+
+from spf_lib.errors import SpfError
+
+log = logging.getLogger(__name__)
+
+
+def parse_json_arg(text: str | None, name: str) -> dict:
+    """Parse a JSON-object argument, naming the argument when it is not valid."""
+    if not text or not text.strip():
+        return {}
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise SpfError(f"{name}: not valid JSON ({e.msg} at column {e.colno})") from e
+    if not isinstance(value, dict):
+        raise SpfError(f"{name}: expected a JSON object, got {type(value).__name__}")
+    return value
+
+
+def to_dict(obj: Any) -> dict:
+    if hasattr(obj, "to_dict"):
+        return obj.to_dict()
+    if hasattr(obj, "model_dump"):
+        return obj.model_dump(mode="json")
+    if is_dataclass(obj):
+        return json.loads(json.dumps(asdict(obj), default=str))
+    return dict(obj)
+
+
+def _build(cls: type, **kwargs: Any):
+    """Build a config (pydantic or dataclass); unknown keys are an error naming them."""
+    try:
+        if hasattr(cls, "model_validate"):
+            return cls.model_validate(kwargs)
+        return cls(**kwargs)
+    except TypeError as e:
+        raise SpfError(f"{cls.__name__}: {e}") from e
+
+
+def prepare_stage(data_repo: str, data_rev: str, config_json: str, out_dir: str | Path) -> dict:
+    """Pull ``data`` at ``data_rev`` from the DVC-tracked repo, then detect/align/crop faces and run the QA suite."""
+    from spf_lib.data.dvc_io import pull_data
+    from spf_lib.data.prepare import PrepareConfig, prepare_dataset
+
+    overrides = parse_json_arg(config_json, "prepare_config_json")
+    cfg = _build(PrepareConfig, **overrides)
+    with tempfile.TemporaryDirectory(prefix="spf-pull-") as tmp:
+        ref = pull_data(data_repo, data_rev, Path(tmp) / "data")
+        result = prepare_dataset(ref.path, out_dir, cfg)
+    summary = to_dict(result)
+    summary.update({"data_rev": ref.rev, "data_hash": ref.data_hash, "data_repo": data_repo})
+    return summary
+
+
+def train_stage(data_dir: str | Path, base_model: str, method: str, config_json: str, out_dir: str | Path,
+                lineage: dict[str, str], *, work_dir: str | Path | None = None,
+                launcher: list[str] | None = None) -> dict:
+    """Fine-tune ``base_model`` on a prepared dataset with the chosen method; the result lands in ``out_dir``.
+
+    ``work_dir`` (a persistent volume on the cluster) holds checkpoints across retries of the same run: training
+    resumes from its latest checkpoint and the finished adapter is copied to ``out_dir``. ``launcher`` is an argv
+    prefix such as ``accelerate launch ... -m``: training then runs as ``spf train`` under it (one process per GPU).
+    """
+    import shutil
+    import subprocess
+
+    from spf_lib.io import write_json_atomic
+    from spf_lib.lineage import config_hash
+    from spf_lib.train.config import TrainConfig
+    from spf_lib.train.run import train
+
+    work = Path(work_dir or out_dir)
+    overrides = parse_json_arg(config_json, "train_config_json")
+    overrides.update({"method": method, "base_model": base_model, "data_dir": str(data_dir),
+                      "output_dir": str(work)})
+    if work_dir is not None:
+        overrides["resume"] = "latest"
+    cfg = _build(TrainConfig, **overrides)
+    resolved = to_dict(cfg)
+    lineage = {**lineage, "method": method, "config_hash": config_hash(
+        {k: v for k, v in resolved.items() if k not in ("data_dir", "output_dir", "resume")})}
+    if launcher:
+        work.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(work / "launch_config.json", resolved)
+        subprocess.run([*launcher, "spf_lib.cli.main", "train", "--config", str(work / "launch_config.json")],
+                       check=True)
+        out = json.loads((work / "train_summary.json").read_text())
+    else:
+        out = to_dict(train(cfg))
+    if work != Path(out_dir):
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        shutil.copytree(work / "adapter", Path(out_dir) / "adapter", dirs_exist_ok=True)
+        for name in ("train_config.json", "train_summary.json"):
+            if (work / name).is_file():
+                shutil.copyfile(work / name, Path(out_dir) / name)
+    out["lineage"] = lineage
+    return out
+
+
+def evaluate_stage(adapter_dir: str | Path, base_model: str, config_json: str, out_dir: str | Path) -> dict:
+    """Generate original vs tuned on fixed prompts and seeds; compute ID, CLIP and pollution scores."""
+    from spf_lib.eval.config import EvalConfig
+    from spf_lib.eval.run import evaluate
+
+    overrides = parse_json_arg(config_json, "eval_config_json")
+    overrides.update({"base_model": base_model, "adapter_dir": str(adapter_dir), "output_dir": str(out_dir)})
+    result = evaluate(_build(EvalConfig, **overrides))
+    return to_dict(result)
+
+
+def split_metrics(raw: dict) -> tuple[dict, dict[str, str]]:
+    """Numbers (and ``unavailable`` reasons) become registry metrics; the eval set's identity becomes lineage.
+
+    ``metrics.json`` also carries descriptive entries (formulas, component breakdowns) that stay in the evaluation
+    artifact rather than the registry.
+    """
+    numeric = {k: v for k, v in raw.items()
+               if k == "unavailable" or v is None or (isinstance(v, (int, float)) and not isinstance(v, bool))}
+    eval_set = raw.get("eval_set") if isinstance(raw.get("eval_set"), dict) else {}
+    lineage = {f"eval_set_{k}": str(eval_set[k]) for k in ("name", "version", "hash") if k in eval_set}
+    return numeric, lineage
+
+
+def register_stage(adapter_dir: str | Path, eval_dir: str | Path | None, base_model: str, model_name: str,
+                   lineage: dict[str, str], promote: bool, gate_json: str, run_id: str | None = None) -> dict:
+    """Register the adapter with lineage and metrics, then run the promotion gate when asked."""
+    from spf_lib.registry.gate import GateRules
+    from spf_lib.registry.promotion import promote as run_gate
+    from spf_lib.registry.register import register_model
+
+    metrics: dict = {}
+    if eval_dir and (Path(eval_dir) / "metrics.json").is_file():
+        metrics, eval_lineage = split_metrics(json.loads((Path(eval_dir) / "metrics.json").read_text()))
+        lineage = {**lineage, **eval_lineage}
+    version = register_model(adapter_dir, base_model, metrics=metrics, lineage=lineage, model_name=model_name,
+                             eval_dir=eval_dir, run_id=run_id or None)
+    out = {"registered": to_dict(version), "promotion": None}
+    if promote:
+        rules = _build(GateRules, **parse_json_arg(gate_json, "gate_rules_json"))
+        out["promotion"] = to_dict(run_gate(model_name, rules))
+    return out
