@@ -181,3 +181,49 @@ def test_gradients_only_on_trainable_and_disabled_unet_unchanged(trainer):
     trainer.train_step()
     assert torch.equal(out(False), before_off), "adapter-disabled UNet must be bit-identical after training"
     assert not torch.equal(out(True), before_on)
+
+
+def test_gradient_checkpointing_gives_same_spf_gradients(tmp_path_factory):
+    """Captured maps must stay differentiable when the UNet recomputes activations during backward."""
+    from spf_lib.train.run import Trainer
+
+    root = tmp_path_factory.mktemp("ckpt")
+    model, data = tiny_model(root), make_dataset(root / "data", n=2)
+    grads = []
+    for checkpointing in (False, True):
+        cfg = base_cfg(root, model, data, method="spf", steps=2, gradient_checkpointing=checkpointing,
+                       spf={"enh_max_timestep": 1000}, validation={"enabled": False})
+        tr = Trainer(cfg)
+        with torch.no_grad():
+            for n, p in tr.ctx.unet.named_parameters():
+                if "lora_B" in n:
+                    p.copy_(0.01 * torch.randn(p.shape, generator=torch.Generator().manual_seed(len(n))))
+        loss, logs = tr.method.compute_loss(tr.ctx, tr.source.batch(0), step=0)
+        loss.backward()
+        assert logs["loss_text"] > 0
+        grads.append(torch.cat([p.grad.flatten() for p in tr.params]))
+    assert grads[0].abs().sum() > 0
+    assert torch.allclose(grads[0], grads[1], atol=1e-6, rtol=1e-4)
+
+
+@pytest.mark.parametrize("direction", ["image", "text"])
+def test_enhanced_loss_through_clip_embedder(tmp_path_factory, direction):
+    """With a CLIP model configured, L_enhanced decodes x̂0 through the VAE and its gradient reaches the LoRA."""
+    from spf_lib.models.factory import save_tiny_clip
+    from spf_lib.train.run import Trainer
+
+    root = tmp_path_factory.mktemp("clip")
+    clip = save_tiny_clip(root / "clip")
+    cfg = base_cfg(root, tiny_model(root), make_dataset(root / "data", n=2), method="spf", steps=2,
+                   spf={"use_text": False, "use_fine": False, "w_diffusion": 0.0, "image_embedder": str(clip),
+                        "enh_direction": direction, "enh_max_timestep": 1000}, validation={"enabled": False})
+    tr = Trainer(cfg)
+    assert tr.method.embedder.name == "clip"
+    with torch.no_grad():
+        for n, p in tr.ctx.unet.named_parameters():
+            if "lora_B" in n:
+                p.copy_(0.01 * torch.randn(p.shape, generator=torch.Generator().manual_seed(len(n))))
+    loss, logs = tr.method.compute_loss(tr.ctx, tr.source.batch(0), step=0)
+    assert 0 < logs["loss_enhanced"] <= 2
+    loss.backward()
+    assert sum(float(p.grad.abs().sum()) for p in tr.params if p.grad is not None) > 0

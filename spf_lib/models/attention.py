@@ -27,6 +27,9 @@ class AttentionStore:
 
     latent_hw: tuple[int, int] = (0, 0)
     mode: str | None = None
+    # Explicit attention stays on for a whole training step even after ``mode`` is reset: gradient checkpointing
+    # re-runs the forward during backward, and the recomputation must take the same code path as the forward.
+    explicit: bool = False
     keep_probs: bool = True
     keep_query: bool = True
     maps: dict[str, dict[str, Captured]] = field(default_factory=dict)
@@ -34,6 +37,11 @@ class AttentionStore:
     def clear(self) -> None:
         self.maps = {}
         self.mode = None
+
+    def __setattr__(self, key, value):
+        if key == "mode" and value is not None:
+            object.__setattr__(self, "explicit", True)
+        object.__setattr__(self, key, value)
 
     def record(self, name: str, probs, query, n: int) -> None:
         self.maps.setdefault(self.mode, {})[name] = Captured(
@@ -49,7 +57,8 @@ class AttentionStore:
 
 
 class CaptureProcessor:
-    """AttnProcessor2_0 when ``store.mode`` is None, explicit attention + recording otherwise."""
+    """The layer's original (SDPA) processor until capture is first used; from then on explicit attention (so a
+    checkpointed recomputation matches its forward), recording into the store whenever ``store.mode`` names a path."""
 
     def __init__(self, name: str, store: AttentionStore, fallback: Any) -> None:
         self.name = name
@@ -57,7 +66,7 @@ class CaptureProcessor:
         self.fallback = fallback
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, *args, **kw):
-        if self.store.mode is None or encoder_hidden_states is None:
+        if not (self.store.explicit or self.store.mode) or encoder_hidden_states is None:
             return self.fallback(attn, hidden_states, encoder_hidden_states, attention_mask, temb, *args, **kw)
         import torch
 
@@ -81,7 +90,8 @@ class CaptureProcessor:
         q = attn.head_to_batch_dim(query)
         probs = attn.get_attention_scores(q, attn.head_to_batch_dim(key), attention_mask)  # (B*h, N, T)
         out = attn.batch_to_head_dim(torch.bmm(probs, attn.head_to_batch_dim(value)))
-        self.store.record(self.name, probs.view(batch, attn.heads, n, -1), query, n)
+        if self.store.mode is not None:
+            self.store.record(self.name, probs.view(batch, attn.heads, n, -1), query, n)
         out = attn.to_out[1](attn.to_out[0](out))
         if input_ndim == 4:
             out = out.transpose(-1, -2).reshape(b, c, h, w)

@@ -22,10 +22,19 @@ def noise_difference(eps_res: torch.Tensor, eps_ref: torch.Tensor) -> torch.Tens
     return minmax((eps_res.detach().float() - eps_ref.detach().float()).abs().mean(dim=1))
 
 
-def layer_token_map(probs: torch.Tensor, positions: list[int], hw: tuple[int, int], out_hw: tuple[int, int]):
-    """Mean attention of one sample's tokens ``positions`` over heads → (out_h, out_w). ``probs``: (H, N, T)."""
-    m = probs[:, :, positions].float().mean(dim=(0, 2)).view(1, 1, *hw)
-    return F.interpolate(m, size=out_hw, mode="bilinear", align_corners=False)[0, 0]
+def phrase_maps(layers: list[tuple[torch.Tensor, tuple[int, int]]], token_weights: torch.Tensor,
+                out_hw: tuple[int, int]) -> torch.Tensor:
+    """A_p: each phrase's attention map, mean over its tokens, heads and the given layers, at ``out_hw``.
+
+    ``layers``: (probs (B, H, N, T), (h, w)) per captured layer; ``token_weights`` (B, P, T) with 1/len(p) on the
+    phrase's token positions. Returns (B, P, out_h, out_w); zeros when no layer is given.
+    """
+    b, p, _ = token_weights.shape
+    acc = torch.zeros(b, p, *out_hw, device=token_weights.device)
+    for probs, hw in layers:
+        m = torch.einsum("bhnt,bpt->bpn", probs.float(), token_weights) / probs.shape[1]
+        acc += F.interpolate(m.view(b, p, *hw), size=out_hw, mode="bilinear", align_corners=False)
+    return acc / max(1, len(layers))
 
 
 def sfcm(noise_diff: torch.Tensor, phrase_maps: torch.Tensor, weights: torch.Tensor, blur: int = 0) -> torch.Tensor:

@@ -52,20 +52,20 @@ class SpfMethod(LoraMethod):
     # -- the two paths ----------------------------------------------------------------------------------------
     def dual_forward(self, ctx: TrainContext, noisy, t, base_text: list[str], res_text: list[str]):
         """(ε_ref, ε_res); captured maps land in ``self.store.maps['ref' | 'res']``."""
-        cond_ref = ctx.encode_text(base_text)
-        cond_res = ctx.encode_text(res_text)
+        cond = ctx.encode_text(list(base_text) + list(res_text))  # one text-encoder call for both paths
+        cond_ref, cond_res = cond[:len(base_text)], cond[len(base_text):]
         store = self.store
         if store is not None:
             store.clear()
             store.latent_hw = tuple(noisy.shape[-2:])
-        ctx.unet.disable_adapters()
+        self.switch.set(False)
         try:
             with torch.no_grad():
                 if store is not None:
                     store.mode = "ref"
                 eps_ref = ctx.unet(noisy, t, encoder_hidden_states=cond_ref, return_dict=False)[0]
         finally:
-            ctx.unet.enable_adapters()
+            self.switch.set(True)
         if store is not None:
             store.mode = "res"
         try:
@@ -119,25 +119,25 @@ class SpfMethod(LoraMethod):
     def control_map(self, ctx: TrainContext, batch, eps_res, eps_ref) -> torch.Tensor:
         """M (B, h, w) in [0, 1]; zeros when the SFCM is switched off (align everywhere)."""
         h, w = eps_res.shape[-2:]
-        if not self.o.use_sfcm:
-            return torch.zeros(eps_res.shape[0], h, w, device=eps_res.device)
-        ref = self.store.maps.get("ref", {})
-        n_diff = L.noise_difference(eps_res, eps_ref)
         b = eps_res.shape[0]
+        dev = eps_res.device
+        if not self.o.use_sfcm:
+            return torch.zeros(b, h, w, device=dev)
+        ref = self.store.maps.get("ref", {})
         p_max = max(1, max(len(p) for p in batch["base_phrases"]))
-        maps = torch.zeros(b, p_max, h, w, device=eps_res.device)
-        weights = torch.zeros(b, p_max, device=eps_res.device)
+        # token weights (B, P, T): 1/len on each phrase's tokens, so one einsum per layer averages them
+        tok_w = torch.zeros(b, p_max, self.mapper.max_len)
+        weights = torch.zeros(b, p_max)
         for i in range(b):
             phrases = batch["base_phrases"][i]
             dist = self.phrase_distances(ctx, phrases, batch["target_phrase"][i])
             for k, phrase in enumerate(phrases):
                 pos = self.mapper.phrase_positions(batch["base_text"][i], phrase)
-                if not pos or not ref:
-                    continue
-                maps[i, k] = torch.stack([L.layer_token_map(c.probs[i].detach(), pos, c.hw, (h, w))
-                                          for c in ref.values()]).mean(0)
-                weights[i, k] = dist[k]
-        return L.sfcm(n_diff, maps, weights, self.o.sfcm_blur)
+                if pos:
+                    tok_w[i, k, pos] = 1.0 / len(pos)
+                    weights[i, k] = dist[k]
+        maps = L.phrase_maps([(c.probs.detach(), c.hw) for c in ref.values()], tok_w.to(dev), (h, w))
+        return L.sfcm(L.noise_difference(eps_res, eps_ref), maps, weights.to(dev), self.o.sfcm_blur)
 
     def text_loss(self, batch, mask) -> torch.Tensor:
         ref, res = self.store.maps["ref"], self.store.maps["res"]
