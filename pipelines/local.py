@@ -4,16 +4,23 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import warnings
 from pathlib import Path
 
 
-def run_local(params: dict, pipeline_root: str | Path) -> dict:
+def run_local(params: dict, pipeline_root: str | Path, log_path: str | Path | None = None) -> dict:
     """Run ``portrait_pipeline`` locally and return its outputs (registration and metrics decoded from JSON).
 
     ``use_venv=False``: tasks run in this interpreter's environment, where spf_lib is installed; the venv mode
-    would pip-install kfp per task, which fails offline.
+    would pip-install kfp per task, which fails offline. With ``log_path`` the tasks' own output (kfp's executor
+    dumps, progress bars, library logs) goes to that file; the runner's task started/finished lines stay on stderr.
+    A failed task raises ``SpfError`` with the end of its log.
     """
+    import contextlib
+
+    from spf_lib.errors import SpfError
+
     # Retries (with minutes of backoff) are for preemptible cluster nodes; a local failure should stop at once.
     os.environ["SPF_PIPELINE_RETRIES"] = "0"
     from kfp import local
@@ -25,9 +32,21 @@ def run_local(params: dict, pipeline_root: str | Path) -> dict:
                raise_on_error=True)
     params = {"pipeline_version": pipeline_version(), **params}
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*non-Python base image.*")
-        task = portrait_pipeline(**params)
+    log_file = open(log_path, "a", encoding="utf-8") if log_path else None  # noqa: SIM115
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(log_file or sys.stdout):
+            warnings.filterwarnings("ignore", message=".*non-Python base image.*")
+            warnings.filterwarnings("ignore", message=".*have no effect in the current local runner.*")
+            task = portrait_pipeline(**params)
+    except RuntimeError as e:
+        if log_file is None:
+            raise
+        log_file.flush()
+        tail = "".join(Path(log_path).read_text(encoding="utf-8", errors="replace").splitlines(True)[-15:])
+        raise SpfError(f"pipeline failed: {e}\n--- last lines of {log_path} ---\n{tail}") from e
+    finally:
+        if log_file:
+            log_file.close()
     out = dict(task.outputs)
     out["registration"] = json.loads(out["registration"])
     out["metrics"] = json.loads(out["metrics"])

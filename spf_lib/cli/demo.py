@@ -40,11 +40,15 @@ def demo(
     os.environ.setdefault("SPF_HOME", str(ws.root))
     from pipelines.local import run_local
 
-    console.print("[2/2] running the KFP pipeline locally (prepare → train → evaluate → register)")
+    log_path = ws.root / "pipeline.log"
+    console.print("[2/2] running the KFP pipeline locally (prepare → train → evaluate → register); "
+                  f"task output goes to {log_path}")
     params = {"data_repo": ws.data_repo, "data_rev": ws.data_rev, "base_model": ws.base_model, "method": method,
               "model_name": os.environ.get("SPF_MODEL_NAME", "spf-portrait-demo"),
               **demo_configs(ws.resolution, steps, method)}
-    out = run_local(params, ws.root / "pipeline-root")
+    if method in ("celeb-basis", "beyond-inserting"):
+        console.print("identity method: the learned person is prompted as 'sks person'")
+    out = run_local(params, ws.root / "pipeline-root", log_path=log_path)
     print_summary(console, ws, out, time.perf_counter() - t0)
 
 
