@@ -23,6 +23,7 @@ from spf_lib.registry.metrics import Metrics, parse_metrics
 from spf_lib.registry.scrub import looks_secret, scrub
 from spf_lib.registry.session import (
     RetryPolicy,
+    active_experiment,
     mlflow_session,
     redact_uri,
     resolve_experiment_id,
@@ -121,7 +122,8 @@ def _register_once(adapter_dir: Path, info: dict, base_ref: str, metrics: Metric
     from spf_lib.registry.card import log_model_card
 
     log_model_card(client, run_id, name=name, tags=tags, metrics=metrics, eval_dir=eval_dir)
-    model_uri = _log_adapter_model(adapter_dir, info, base_ref, run_id)
+    with active_experiment(client.get_run(run_id).info.experiment_id):  # an injected run may live elsewhere
+        model_uri = _log_adapter_model(adapter_dir, info, base_ref, run_id)
     mv = mlflow.register_model(model_uri, name, tags=version_tags, await_registration_for=60)
     client.set_registered_model_alias(name, CHALLENGER, mv.version)
     if owned:
