@@ -170,8 +170,8 @@ def test_bad_inputs_are_one_line_errors(embedded, lora_adapter, tiny_base, tmp_p
     (tmp_path / "a").mkdir()
     with pytest.raises(SpfError, match="adapter_info.json"):
         register_model(tmp_path / "a", "x/y", metrics={}, lineage={})
-    with pytest.raises(SpfError, match="metric 'clip_t' = 'good'"):
-        register_model(lora_adapter, str(tiny_base), metrics={"clip_t": "good"}, lineage={})
+    with pytest.raises(SpfError, match="metric 'clip_t' = '0.3' is a string"):
+        register_model(lora_adapter, str(tiny_base), metrics={"clip_t": "0.3"}, lineage={})
     with pytest.raises(SpfError, match="model name 'a/b'"):
         register_model(lora_adapter, str(tiny_base), metrics={}, lineage={}, model_name="a/b")
     with pytest.raises(SpfError, match="base model ./missing: folder does not exist"):

@@ -19,7 +19,7 @@ from pathlib import Path
 from spf_lib.errors import SpfError
 from spf_lib.registry import lineage_keys as lk
 from spf_lib.registry.gate import CHALLENGER
-from spf_lib.registry.metrics import Metrics, parse_metrics
+from spf_lib.registry.metrics import Metrics, eval_set_lineage, parse_metrics
 from spf_lib.registry.scrub import looks_secret, scrub
 from spf_lib.registry.session import (
     RetryPolicy,
@@ -83,6 +83,7 @@ def register_model(
     if metrics is None and eval_dir is not None and (eval_dir / "metrics.json").is_file():
         metrics = _read_json(eval_dir / "metrics.json")
     parsed = parse_metrics(metrics or {}, source="metrics")
+    lineage = {**eval_set_lineage(metrics or {}), **(lineage or {})}
     settings = settings or Settings.from_env()
     name = _check_name(model_name or settings.model_name)
     base_ref = _base_reference(base_model)
