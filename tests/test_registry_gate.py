@@ -9,7 +9,7 @@ from spf_lib.errors import SpfError
 from spf_lib.registry.gate import GateRules, MetricRule, evaluate_gate
 from spf_lib.registry.lineage import parse_model_uri
 from spf_lib.registry.lineage_keys import KEYS, complete, is_real
-from spf_lib.registry.metrics import Metrics, parse_metrics
+from spf_lib.registry.metrics import Metrics, eval_set_lineage, parse_metrics
 from spf_lib.registry.scrub import REDACTED, scrub
 from spf_lib.registry.session import RetryPolicy, is_unreachable, redact_uri, with_retries
 
@@ -98,8 +98,15 @@ def test_metrics_parse_and_tag_round_trip():
     back = Metrics.from_tags(parsed.as_tags())
     assert back.values == {"pollution": 0.125, "clip_t": None, "fid": None}
     assert back.unavailable["clip_t"] == "no weights" and "non-finite" in back.unavailable["fid"]
-    with pytest.raises(SpfError, match="metrics.json: metric 'x' = 'high'"):
-        parse_metrics({"x": "high"}, source="metrics.json")
+    with pytest.raises(SpfError, match="metrics.json: metric 'x' = '0.3' is a string"):
+        parse_metrics({"x": "0.3"}, source="metrics.json")
+    # the evaluation's own metrics.json carries structured and descriptive entries next to the numbers
+    full = parse_metrics({"pollution": 0.2, "id_encoder_is_dlib": True, "id_scale": "dlib: clip(1 - L2/1.2)",
+                          "pollution_detail": {"weights": {"ssim": 1}}, "eval_set": {"name": "portrait", "hash": "h"},
+                          "unavailable": {}}, source="metrics.json")
+    assert full.values == {"pollution": 0.2, "id_encoder_is_dlib": 1.0}
+    assert eval_set_lineage({"eval_set": {"name": "portrait", "version": 1, "hash": "h", "target": "x"}}) == {
+        "eval_set_name": "portrait", "eval_set_version": "1", "eval_set_hash": "h"}
 
 
 def test_scrub_keys_and_values():

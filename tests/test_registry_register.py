@@ -28,9 +28,13 @@ LINEAGE = {"data_rev": "abc123", "data_hash": "d41d8cd98f00b204e9800998ecf8427e"
            "pipeline_name": "spf-portrait", "pipeline_version": "v1", "config_hash": "f" * 64}
 
 
-def test_register_lora_then_generate(embedded, lora_adapter, tiny_base, tmp_path):
+def test_register_lora_then_generate(embedded, lora_adapter, tiny_base, tmp_path, monkeypatch):
     import mlflow
     from PIL import Image
+
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)  # nothing may land in the current directory (MLflow's ./mlruns, ./mlflow.db defaults)
 
     eval_dir = tmp_path / "eval"
     (eval_dir / "images").mkdir(parents=True)
@@ -61,6 +65,11 @@ def test_register_lora_then_generate(embedded, lora_adapter, tiny_base, tmp_path
     assert "diffusers:" in ml and "adapter_type: lora" in ml and str(tiny_base) in ml and "signature" in ml
     png = generate("models:/portrait@challenger")
     assert Image.open(io.BytesIO(png)).size == (64, 64)
+    assert list(cwd.iterdir()) == []
+    with mlflow_session():
+        logged = mlflow.MlflowClient().get_logged_model(mv.source.removeprefix("models:/"))
+    assert logged.experiment_id == run.info.experiment_id and logged.source_run_id == rv.run_id
+    assert Path(logged.artifact_location.removeprefix("file://")).is_relative_to(embedded)
 
 
 def test_same_kfp_run_is_registered_once(embedded, lora_adapter, tiny_base):
@@ -161,8 +170,8 @@ def test_bad_inputs_are_one_line_errors(embedded, lora_adapter, tiny_base, tmp_p
     (tmp_path / "a").mkdir()
     with pytest.raises(SpfError, match="adapter_info.json"):
         register_model(tmp_path / "a", "x/y", metrics={}, lineage={})
-    with pytest.raises(SpfError, match="metric 'clip_t' = 'good'"):
-        register_model(lora_adapter, str(tiny_base), metrics={"clip_t": "good"}, lineage={})
+    with pytest.raises(SpfError, match="metric 'clip_t' = '0.3' is a string"):
+        register_model(lora_adapter, str(tiny_base), metrics={"clip_t": "0.3"}, lineage={})
     with pytest.raises(SpfError, match="model name 'a/b'"):
         register_model(lora_adapter, str(tiny_base), metrics={}, lineage={}, model_name="a/b")
     with pytest.raises(SpfError, match="base model ./missing: folder does not exist"):

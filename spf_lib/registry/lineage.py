@@ -56,6 +56,7 @@ def _lineage_once(uri: str, name: str, alias: str | None, version: str | None) -
         "name": name,
         "version": str(mv.version),
         "aliases": sorted(mv.aliases),
+        "source": mv.source,
         "created": datetime.fromtimestamp(mv.creation_timestamp / 1000, UTC).isoformat(timespec="seconds"),
         "lineage": {k: tags.get(k, "unknown") for k in KEYS},
         "extra_lineage": {k: v for k, v in tags.items() if k not in KEYS and not k.startswith(("metric.", "spf.",

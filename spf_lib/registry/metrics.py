@@ -47,8 +47,23 @@ class Metrics:
         return cls(values, unavailable)
 
 
+def _numeric_text(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def eval_set_lineage(raw: dict) -> dict[str, str]:
+    """The evaluation set's identity (metrics.json ``eval_set``) as lineage: which yardstick produced the numbers."""
+    es = raw.get("eval_set") if isinstance(raw, dict) else None
+    return {f"eval_set_{k}": str(es[k]) for k in ("name", "version", "hash") if isinstance(es, dict) and k in es}
+
+
 def parse_metrics(raw: dict, *, source: str) -> Metrics:
-    """Validate ``raw`` (metrics.json shape); bad entries name ``source`` and the key."""
+    """Numbers (bools count as 0/1) and nulls of ``raw`` (metrics.json shape); structured entries and descriptive
+    text are not metrics and are skipped; a number written as a string is an error naming ``source`` and key."""
     if not isinstance(raw, dict):
         raise SpfError(f"{source}: expected an object of metric name -> number")
     unavailable = raw.get("unavailable") or {}
@@ -61,9 +76,15 @@ def parse_metrics(raw: dict, *, source: str) -> Metrics:
             continue
         if not isinstance(k, str) or not k or len(k) > 200:
             raise SpfError(f"{source}: metric name {k!r} is not a short string")
+        if isinstance(v, (dict, list)):  # structured entries of metrics.json (pollution_detail, eval_set, ...)
+            continue
+        if isinstance(v, str):
+            if _numeric_text(v):
+                raise SpfError(f"{source}: metric {k!r} = {v!r} is a string; write the number without quotes")
+            continue  # descriptive text (id_scale, ...)
         if v is None:
             values[k] = None
-        elif isinstance(v, bool) or not isinstance(v, (int, float)):
+        elif not isinstance(v, (int, float)):
             raise SpfError(f"{source}: metric {k!r} = {v!r} is not a number or null")
         elif not math.isfinite(float(v)):
             values[k] = None

@@ -19,10 +19,11 @@ from pathlib import Path
 from spf_lib.errors import SpfError
 from spf_lib.registry import lineage_keys as lk
 from spf_lib.registry.gate import CHALLENGER
-from spf_lib.registry.metrics import Metrics, parse_metrics
+from spf_lib.registry.metrics import Metrics, eval_set_lineage, parse_metrics
 from spf_lib.registry.scrub import looks_secret, scrub
 from spf_lib.registry.session import (
     RetryPolicy,
+    active_experiment,
     mlflow_session,
     redact_uri,
     resolve_experiment_id,
@@ -82,6 +83,7 @@ def register_model(
     if metrics is None and eval_dir is not None and (eval_dir / "metrics.json").is_file():
         metrics = _read_json(eval_dir / "metrics.json")
     parsed = parse_metrics(metrics or {}, source="metrics")
+    lineage = {**eval_set_lineage(metrics or {}), **(lineage or {})}
     settings = settings or Settings.from_env()
     name = _check_name(model_name or settings.model_name)
     base_ref = _base_reference(base_model)
@@ -121,7 +123,8 @@ def _register_once(adapter_dir: Path, info: dict, base_ref: str, metrics: Metric
     from spf_lib.registry.card import log_model_card
 
     log_model_card(client, run_id, name=name, tags=tags, metrics=metrics, eval_dir=eval_dir)
-    model_uri = _log_adapter_model(adapter_dir, info, base_ref, run_id)
+    with active_experiment(client.get_run(run_id).info.experiment_id):  # an injected run may live elsewhere
+        model_uri = _log_adapter_model(adapter_dir, info, base_ref, run_id)
     mv = mlflow.register_model(model_uri, name, tags=version_tags, await_registration_for=60)
     client.set_registered_model_alias(name, CHALLENGER, mv.version)
     if owned:

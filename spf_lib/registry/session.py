@@ -153,6 +153,23 @@ def mlflow_session(settings: Settings | None = None) -> Iterator[Settings]:
                 os.environ[k] = v
 
 
+@contextlib.contextmanager
+def active_experiment(experiment_id: str) -> Iterator[None]:
+    """Make ``experiment_id`` MLflow's active experiment for the block, then restore the caller's.
+
+    ``Model.log(run_id=...)`` creates its LoggedModel in the *active* experiment, not the run's: without this the
+    model lands in experiment 0, whose artifact root for a sqlite store is ``./mlruns`` of the current directory.
+    """
+    from mlflow.tracking import fluent
+
+    saved = fluent._active_experiment_id
+    fluent._active_experiment_id = experiment_id
+    try:
+        yield
+    finally:
+        fluent._active_experiment_id = saved
+
+
 def is_local_store(uri: str) -> bool:
     return uri.startswith(("sqlite:", "file:", "/")) or "://" not in uri
 
