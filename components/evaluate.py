@@ -32,4 +32,5 @@ def evaluate_model(
     page = Path(evaluation.path) / "report.html"
     if page.is_file():
         shutil.copyfile(page, report.path)
-    return json.dumps({k: v for k, v in metrics.items() if isinstance(v, (int, float, type(None)))})
+    flat = {k: v for k, v in metrics.items() if isinstance(v, (int, float, type(None)))}
+    return json.dumps({**flat, "unavailable": metrics.get("unavailable", {})})

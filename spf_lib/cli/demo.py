@@ -52,21 +52,40 @@ def demo(
     print_summary(console, ws, out, time.perf_counter() - t0)
 
 
+HEADLINE = (
+    ("pollution", "pollution (0 = tuned behaves like original on base prompts)"),
+    ("clip_t", "CLIP-T on target prompts (tuned)"),
+    ("clip_t_original", "CLIP-T on target prompts (original)"),
+    ("clip_i", "CLIP-I original vs tuned (base prompts)"),
+    ("id_sim", "ID similarity original vs tuned"),
+    ("ssim", "SSIM original vs tuned (base prompts)"),
+)
+
+
 def print_summary(console, ws, out: dict, seconds: float) -> None:
     from rich.table import Table
 
     reg = out["registration"]["registered"]
     promo = out["registration"].get("promotion") or {}
+    metrics = out["metrics"]
+    unavailable = metrics.get("unavailable") or {}
     table = Table(title="spf demo: summary", show_header=False)
-    table.add_row("data revision", f"{out['data_rev']} (DVC md5 {ws.data_hash})")
+    table.add_row("data revision", f"{out['data_rev'][:12]} (DVC md5 {ws.data_hash})")
     table.add_row("images kept / rejected", f"{out['n_kept']} / {out['n_rejected']}")
     table.add_row("final training loss", f"{out['final_loss']:.4f}")
-    for key, value in sorted(out["metrics"].items()):
-        table.add_row(f"metric: {key}", "unavailable" if value is None else f"{value:.4f}")
+    for key, label in HEADLINE:
+        value = metrics.get(key)
+        shown = f"{value:.4f}" if isinstance(value, (int, float)) else \
+            f"unavailable: {str(unavailable.get(key, 'not measured'))[:70]}"
+        table.add_row(label, shown)
     aliases = ", ".join(reg.get("aliases") or [])
-    table.add_row("registered model", f"{reg['name']} version {reg['version']} (aliases: {aliases})")
+    table.add_row("registered model", f"{reg['name']} version {reg['version']} (aliases at registration: {aliases})")
     if promo:
         table.add_row("promotion gate", promo.get("message") or ("passed" if promo.get("passed") else "failed"))
+    reports = sorted((ws.root / "pipeline-root").glob("*/evaluate-model/evaluation/report.html"),
+                     key=lambda p: p.stat().st_mtime)
+    if reports:
+        table.add_row("evaluation report", str(reports[-1]))
     table.add_row("wall time", f"{seconds:.0f}s")
     console.print(table)
     console.print(f"Open the results: [bold]mlflow ui --backend-store-uri {ws.tracking_uri} --port 5000[/]")
