@@ -183,6 +183,7 @@ def test_gradients_only_on_trainable_and_disabled_unet_unchanged(trainer):
     assert not torch.equal(out(True), before_on)
 
 
+@pytest.mark.slow
 def test_gradient_checkpointing_gives_same_spf_gradients(tmp_path_factory):
     """Captured maps must stay differentiable when the UNet recomputes activations during backward."""
     from spf_lib.train.run import Trainer
@@ -206,6 +207,7 @@ def test_gradient_checkpointing_gives_same_spf_gradients(tmp_path_factory):
     assert torch.allclose(grads[0], grads[1], atol=1e-6, rtol=1e-4)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("direction", ["image", "text"])
 def test_enhanced_loss_through_clip_embedder(tmp_path_factory, direction):
     """With a CLIP model configured, L_enhanced decodes x̂0 through the VAE and its gradient reaches the LoRA."""

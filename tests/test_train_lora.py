@@ -105,3 +105,19 @@ def test_cli_config_file_and_error(env, tmp_path, capsys):
         main(["train", "--config", str(cfg_file), "--method", "lora"])
     assert e.value.code in (0, None)
     assert (tmp_path / "o" / "adapter" / "adapter_info.json").is_file()
+
+
+def test_bf16_keeps_lora_fp32_and_grad_accum(env, tmp_path):
+    import torch
+
+    from spf_lib.train.run import Trainer
+
+    model, data = env
+    tr = Trainer(base_cfg(tmp_path, model, data, method="spf", mixed_precision="bf16", grad_accum=2, steps=2,
+                          validation={"enabled": False}))
+    assert all(p.dtype == torch.float32 for p in tr.params)
+    frozen = [p for n, p in tr.ctx.unet.named_parameters() if "lora_" not in n]
+    assert frozen and all(p.dtype == torch.bfloat16 for p in frozen)
+    logs = tr.train_step()
+    assert tr.step == 1 and torch.isfinite(torch.tensor(logs["loss"])) and "loss_text" in logs
+    assert tr.source.indices(0, 1) != tr.source.indices(0, 0)  # accumulation sees different examples

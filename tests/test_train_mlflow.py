@@ -17,6 +17,7 @@ def env(tmp_path_factory):
     return root, tiny_model(root), make_dataset(root / "data", n=2)
 
 
+@pytest.mark.integration
 def test_new_run_then_env_run_id(env, tmp_path, monkeypatch):
     from mlflow.tracking import MlflowClient
 

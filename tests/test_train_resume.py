@@ -37,6 +37,7 @@ def _cfg(tmp, env, out, **kw):
     return base_cfg(tmp, model, data, **values)
 
 
+@pytest.mark.slow
 def test_resume_n_plus_n_equals_2n(env, tmp_path):
     import torch
     from safetensors.torch import load_file
@@ -79,6 +80,7 @@ train(TrainConfig.build("child", **json.loads(pathlib.Path(sys.argv[2]).read_tex
 """
 
 
+@pytest.mark.slow
 def test_sigkill_mid_save_keeps_last_good_checkpoint(env, tmp_path):
     from spf_lib.train.checkpoint import list_checkpoints
     from spf_lib.train.run import train

@@ -49,7 +49,6 @@ class Trainer:
         """``pipe``: an already built StableDiffusionPipeline (benchmarks on a random-init SD 1.5 architecture);
         default: ``load_pipeline(cfg.base_model)``."""
         import torch
-        from accelerate import Accelerator
         from diffusers import DDPMScheduler
 
         from spf_lib.methods.base import TrainContext, get_method
@@ -63,8 +62,7 @@ class Trainer:
         device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
         if cfg.mixed_precision == "fp16" and not device.startswith("cuda"):
             raise SpfError(f"mixed_precision='fp16' needs a CUDA device (device={device!r}); use 'bf16' or 'no'")
-        self.accelerator = Accelerator(mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.grad_accum,
-                                       cpu=device == "cpu")
+        self.accelerator = _accelerator(cfg, device)
         torch.manual_seed(cfg.seed)
         pipe = load_pipeline(cfg.base_model, dtype="float32", device=device) if pipe is None else pipe.to(device)
         weight_dtype = getattr(torch, DTYPES[cfg.mixed_precision])
@@ -181,6 +179,20 @@ class Trainer:
         path = render_grid(self.ctx, self.method, Path(self.cfg.output_dir) / "samples" / f"step-{self.step:06d}.png")
         tracker.log_image(path, key="validation_grid", step=self.step)
         return path
+
+
+def _accelerator(cfg: TrainConfig, device: str):
+    """A fresh Accelerator per run. accelerate keeps process-wide singleton state, so a second ``train(cfg)`` in
+    the same process (ablation sweeps, benchmarks) with another precision would otherwise fail; in a single process
+    that state holds nothing worth keeping. Distributed launches are left alone."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, GradientState, PartialState
+
+    if not (PartialState._shared_state and PartialState().use_distributed):
+        AcceleratorState._reset_state(reset_partial_state=True)
+        GradientState._reset_state()
+    return Accelerator(mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.grad_accum,
+                       cpu=device == "cpu")
 
 
 def _jsonable(d: Any) -> Any:
