@@ -103,7 +103,7 @@ def trainer(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("spf")
     cfg = base_cfg(root, tiny_model(root), make_dataset(root / "data"), method="spf", steps=3, lr=5e-2,
-                   spf={"enh_max_timestep": 1000}, validation={"enabled": False})
+                   spf={"stage1_steps": 0, "enh_max_timestep": 1000}, validation={"enabled": False})
     return Trainer(cfg)
 
 
@@ -193,7 +193,7 @@ def test_gradient_checkpointing_gives_same_spf_gradients(tmp_path_factory):
     grads = []
     for checkpointing in (False, True):
         cfg = base_cfg(root, model, data, method="spf", steps=2, gradient_checkpointing=checkpointing,
-                       spf={"enh_max_timestep": 1000}, validation={"enabled": False})
+                       spf={"stage1_steps": 0, "enh_max_timestep": 1000}, validation={"enabled": False})
         tr = Trainer(cfg)
         with torch.no_grad():
             for n, p in tr.ctx.unet.named_parameters():
@@ -217,7 +217,7 @@ def test_enhanced_loss_through_clip_embedder(tmp_path_factory, direction):
     root = tmp_path_factory.mktemp("clip")
     clip = save_tiny_clip(root / "clip")
     cfg = base_cfg(root, tiny_model(root), make_dataset(root / "data", n=2), method="spf", steps=2,
-                   spf={"use_text": False, "use_fine": False, "w_diffusion": 0.0, "image_embedder": str(clip),
+                   spf={"stage1_steps": 0, "use_text": False, "use_fine": False, "w_diffusion": 0.0, "image_embedder": str(clip),
                         "enh_direction": direction, "enh_max_timestep": 1000}, validation={"enabled": False})
     tr = Trainer(cfg)
     assert tr.method.embedder.name == "clip"

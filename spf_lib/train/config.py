@@ -45,7 +45,9 @@ class LoraOptions(_Strict):
 class SpfOptions(_Strict):
     """SPF-Portrait stage 2 (dual-path alignment). Every loss and the SFCM can be switched off (ablation rows)."""
 
-    stage1_steps: int = Field(0, ge=0, description="Optimizer steps of plain LoRA fine-tuning before stage 2")
+    stage1_steps: int | None = Field(
+        None, ge=0, description="Optimizer steps of plain LoRA fine-tuning before stage 2; None = half of `steps` "
+        "(the paper's v3: fine-tune, then align)")
     w_diffusion: float = Field(1.0, ge=0)
     use_text: bool = True
     w_text: float = Field(1.0, ge=0, description="λ for L_text-consistent")
@@ -113,6 +115,8 @@ class TrainConfig(_Strict):
             object.__setattr__(self, "lora", self.lora.model_copy(update={"rank": self.rank}))
         if self.resolution % 8:
             raise ValueError(f"resolution={self.resolution}: must be a multiple of 8 (VAE factor)")
+        if self.spf.stage1_steps is None:
+            object.__setattr__(self, "spf", self.spf.model_copy(update={"stage1_steps": self.steps // 2}))
         if self.method == "spf" and self.spf.stage1_steps > self.steps:
             raise ValueError(f"spf.stage1_steps={self.spf.stage1_steps} exceeds steps={self.steps}")
         return self
