@@ -9,9 +9,9 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _train_helpers import base_cfg, make_dataset, tiny_model  # noqa: E402
+from _train_helpers import base_cfg, make_dataset, tiny_model
 
-from spf_lib.methods.spf import losses as L  # noqa: E402
+from spf_lib.methods.spf import losses as L
 
 
 # ---- pure functions -------------------------------------------------------------------------------------------

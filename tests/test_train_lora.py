@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _train_helpers import base_cfg, make_dataset, tiny_model  # noqa: E402
+from _train_helpers import base_cfg, make_dataset, tiny_model
 
-from spf_lib.errors import SpfError  # noqa: E402
+from spf_lib.errors import SpfError
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +49,7 @@ def test_adapter_loads_and_switches_same_pipeline(lora_run, env):
     from spf_lib.methods import load_adapter
     from spf_lib.models.loading import load_pipeline
 
-    cfg, res = lora_run
+    _, res = lora_run
     model, _ = env
 
     def gen(pipe):
@@ -82,7 +82,7 @@ def test_bad_manifest_is_one_line(env, tmp_path):
 
     from spf_lib.train.run import train
 
-    model, data = env
+    model, _ = env
     bad = tmp_path / "bad"
     bad.mkdir()
     pd.DataFrame([{"crop_path": "crops/x.png", "caption": "a", "base_phrases": [], "target_phrase": None}]).to_parquet(

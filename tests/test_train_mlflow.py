@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _train_helpers import base_cfg, make_dataset, tiny_model  # noqa: E402
+from _train_helpers import base_cfg, make_dataset, tiny_model
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _train_helpers import base_cfg, make_dataset, tiny_model  # noqa: E402
+from _train_helpers import base_cfg, make_dataset, tiny_model
 
 HERE = Path(__file__).parent
 # Stated tolerance for N + N vs 2N: on one CPU the two runs execute the same ops in the same order, so we expect
@@ -30,9 +30,9 @@ def env(tmp_path_factory):
 def _cfg(tmp, env, out, **kw):
     model, data = env
     # dropout + flips + SPF stage switch make the run depend on every restored RNG and on the step counter
-    values = dict(method="spf", steps=4, lr=2e-2, lr_scheduler="constant_with_warmup", lr_warmup_steps=2,
-                  lora={"dropout": 0.1}, random_flip=True, spf={"stage1_steps": 1, "enh_max_timestep": 1000},
-                  validation={"enabled": False}, output_dir=str(out))
+    values = {"method": "spf", "steps": 4, "lr": 2e-2, "lr_scheduler": "constant_with_warmup", "lr_warmup_steps": 2,
+              "lora": {"dropout": 0.1}, "random_flip": True, "spf": {"stage1_steps": 1, "enh_max_timestep": 1000},
+              "validation": {"enabled": False}, "output_dir": str(out)}
     values.update(kw)
     return base_cfg(tmp, model, data, **values)
 

@@ -236,9 +236,9 @@ def train(cfg: TrainConfig) -> TrainResult:
                 tracker.log_metrics(logs, step=trainer.step)
             if cfg.checkpoint_every and trainer.step % cfg.checkpoint_every == 0 and trainer.step < cfg.steps:
                 trainer.save_checkpoint(tracker.run_id)
-            if cfg.validation.every and trainer.step % cfg.validation.every == 0 and trainer.step < cfg.steps:
-                if (p := trainer.validation_grid(tracker)) is not None:
-                    samples.append(str(p))
+            due = cfg.validation.every and trainer.step % cfg.validation.every == 0 and trainer.step < cfg.steps
+            if due and (p := trainer.validation_grid(tracker)) is not None:
+                samples.append(str(p))
         bar.close()
         if not resume_from or trainer.step > start:
             trainer.save_checkpoint(tracker.run_id)
