@@ -153,14 +153,18 @@ class TrainConfig(_Strict):
     def to_json_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
 
-    def config_hash(self) -> str:
+    def config_hash(self, ignore: tuple[str, ...] = ()) -> str:
         """sha256 of the resolved config minus fields that do not change the result (paths, resume, tracking)."""
         from spf_lib.io import sha256_json
 
         d = self.to_json_dict()
-        for k in ("output_dir", "resume", "mlflow", "device", "log_every"):
+        for k in ("output_dir", "resume", "mlflow", "device", "log_every", *ignore):
             d.pop(k, None)
         return sha256_json(d)
+
+    def resume_hash(self) -> str:
+        """What must match for a resume to continue the same trajectory (extending ``steps`` is allowed)."""
+        return self.config_hash(ignore=("steps", "checkpoint_every", "checkpoints_total_limit", "validation"))
 
 
 def format_validation_error(e: ValidationError) -> str:

@@ -140,7 +140,8 @@ class Trainer:
         from spf_lib.train.checkpoint import TrainState, save_checkpoint
 
         state = TrainState(step=self.step, scheduler=_jsonable(self.lr_scheduler.state_dict()), history=self.history,
-                           config_hash=self.config_hash, mlflow_run_id=mlflow_run_id)
+                           config_hash=self.config_hash, mlflow_run_id=mlflow_run_id,
+                           resume_hash=self.cfg.resume_hash())
         return save_checkpoint(self.cfg.output_dir, state=state, trainable=self.method.state_dict(),
                                optimizer_state=self.optimizer.state_dict(), generator=self.ctx.generator,
                                total_limit=self.cfg.checkpoints_total_limit)
@@ -149,9 +150,9 @@ class Trainer:
         from spf_lib.train.checkpoint import load_checkpoint
 
         state, trainable, opt = load_checkpoint(path, self.ctx.generator)
-        if state.config_hash != self.config_hash:
-            log.warning("resuming %s written with a different config (hash %s != %s)", path,
-                        state.config_hash[:12], self.config_hash[:12])
+        if state.resume_hash != self.cfg.resume_hash():
+            log.warning("resuming %s written with a different config (more than steps/checkpointing/validation "
+                        "changed): the result is not the continuation of that run", path)
         self.method.load_state_dict(trainable)
         self.optimizer.load_state_dict(opt)
         self.lr_scheduler.load_state_dict(state.scheduler)
