@@ -174,7 +174,7 @@ def run(options: dict[str, str]) -> dict:
         def child(*args: str) -> dict:
             out = Path(tmp) / "child.json"
             proc = subprocess.run([sys.executable, "-m", "bench.train_step", *args, json.dumps(opts), str(out)],
-                                  cwd=ROOT, env=env, capture_output=True, text=True)
+                                  cwd=ROOT, env=env, capture_output=True, text=True, check=False)
             if proc.returncode != 0:
                 raise SpfError(f"bench train-step {args[:2]} failed: {proc.stderr.strip().splitlines()[-1:]}")
             return json.loads(out.read_text())
@@ -200,12 +200,12 @@ def run(options: dict[str, str]) -> dict:
         "rows": rows,
         "figures": {"config": {k: v for k, v in opts.items() if k != "tmp"}, "device": dev, "variants": figures},
         "notes": [
-            "goals: spf-no-enh time × LoRA ≤ 1.4, mem × LoRA ≤ 1.15 (the extra no-grad reference forward alone "
-            "costs ~1.33×)",
-            f"memory column = {mem_key}, each variant alone in its own process; times = medians of steps "
-            "interleaved round-robin in one process; on CPU they are process CPU seconds with 1 torch thread",
-            "spf = stage-2 step with L_text, L_fine, SFCM (+ L_enhanced with the configured embedder; default the "
-            "latent-pool fallback, no VAE decode)",
+            ("goals: spf-no-enh time × LoRA ≤ 1.4, mem × LoRA ≤ 1.15 (the extra no-grad reference forward alone "
+             "costs ~1.33×)"),
+            (f"memory column = {mem_key}, each variant alone in its own process; times = medians of steps "
+             "interleaved round-robin in one process; on CPU they are process CPU seconds with 1 torch thread"),
+            ("spf = stage-2 step with L_text, L_fine, SFCM (+ L_enhanced with the configured embedder; default the "
+             "latent-pool fallback, no VAE decode)"),
         ],
     }
 

@@ -53,9 +53,9 @@ def tiny_model(tmp_root: Path) -> Path:
 def base_cfg(tmp: Path, model: Path, data: Path, **kw):
     from spf_lib.train.config import TrainConfig
 
-    values = dict(method="lora", base_model=str(model), data_dir=str(data), output_dir=str(tmp / "out"), steps=2,
-                  seed=0, lr=1e-3, resolution=64, batch_size=1, device="cpu",
-                  validation={"prompts": ["a photo of a woman"], "seeds": [0], "num_inference_steps": 2})
+    values = {"method": "lora", "base_model": str(model), "data_dir": str(data), "output_dir": str(tmp / "out"),
+              "steps": 2, "seed": 0, "lr": 1e-3, "resolution": 64, "batch_size": 1, "device": "cpu",
+              "validation": {"prompts": ["a photo of a woman"], "seeds": [0], "num_inference_steps": 2}}
     for k, v in kw.items():
         values[k] = v
     return TrainConfig.build("test", **values)

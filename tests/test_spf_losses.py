@@ -9,9 +9,9 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _train_helpers import base_cfg, make_dataset, tiny_model  # noqa: E402
+from _train_helpers import base_cfg, make_dataset, tiny_model
 
-from spf_lib.methods.spf import losses as L  # noqa: E402
+from spf_lib.methods.spf import losses as L
 
 
 # ---- pure functions -------------------------------------------------------------------------------------------
@@ -103,7 +103,7 @@ def trainer(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("spf")
     cfg = base_cfg(root, tiny_model(root), make_dataset(root / "data"), method="spf", steps=3, lr=5e-2,
-                   spf={"enh_max_timestep": 1000}, validation={"enabled": False})
+                   spf={"stage1_steps": 0, "enh_max_timestep": 1000}, validation={"enabled": False})
     return Trainer(cfg)
 
 
@@ -183,6 +183,7 @@ def test_gradients_only_on_trainable_and_disabled_unet_unchanged(trainer):
     assert not torch.equal(out(True), before_on)
 
 
+@pytest.mark.slow
 def test_gradient_checkpointing_gives_same_spf_gradients(tmp_path_factory):
     """Captured maps must stay differentiable when the UNet recomputes activations during backward."""
     from spf_lib.train.run import Trainer
@@ -192,7 +193,7 @@ def test_gradient_checkpointing_gives_same_spf_gradients(tmp_path_factory):
     grads = []
     for checkpointing in (False, True):
         cfg = base_cfg(root, model, data, method="spf", steps=2, gradient_checkpointing=checkpointing,
-                       spf={"enh_max_timestep": 1000}, validation={"enabled": False})
+                       spf={"stage1_steps": 0, "enh_max_timestep": 1000}, validation={"enabled": False})
         tr = Trainer(cfg)
         with torch.no_grad():
             for n, p in tr.ctx.unet.named_parameters():
@@ -206,6 +207,7 @@ def test_gradient_checkpointing_gives_same_spf_gradients(tmp_path_factory):
     assert torch.allclose(grads[0], grads[1], atol=1e-6, rtol=1e-4)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("direction", ["image", "text"])
 def test_enhanced_loss_through_clip_embedder(tmp_path_factory, direction):
     """With a CLIP model configured, L_enhanced decodes x̂0 through the VAE and its gradient reaches the LoRA."""
@@ -215,7 +217,7 @@ def test_enhanced_loss_through_clip_embedder(tmp_path_factory, direction):
     root = tmp_path_factory.mktemp("clip")
     clip = save_tiny_clip(root / "clip")
     cfg = base_cfg(root, tiny_model(root), make_dataset(root / "data", n=2), method="spf", steps=2,
-                   spf={"use_text": False, "use_fine": False, "w_diffusion": 0.0, "image_embedder": str(clip),
+                   spf={"stage1_steps": 0, "use_text": False, "use_fine": False, "w_diffusion": 0.0, "image_embedder": str(clip),
                         "enh_direction": direction, "enh_max_timestep": 1000}, validation={"enabled": False})
     tr = Trainer(cfg)
     assert tr.method.embedder.name == "clip"

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _train_helpers import base_cfg, make_dataset, tiny_model  # noqa: E402
+from _train_helpers import base_cfg, make_dataset, tiny_model
 
-from spf_lib.errors import SpfError  # noqa: E402
+from spf_lib.errors import SpfError
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +49,7 @@ def test_adapter_loads_and_switches_same_pipeline(lora_run, env):
     from spf_lib.methods import load_adapter
     from spf_lib.models.loading import load_pipeline
 
-    cfg, res = lora_run
+    _, res = lora_run
     model, _ = env
 
     def gen(pipe):
@@ -82,7 +82,7 @@ def test_bad_manifest_is_one_line(env, tmp_path):
 
     from spf_lib.train.run import train
 
-    model, data = env
+    model, _ = env
     bad = tmp_path / "bad"
     bad.mkdir()
     pd.DataFrame([{"crop_path": "crops/x.png", "caption": "a", "base_phrases": [], "target_phrase": None}]).to_parquet(
@@ -105,3 +105,20 @@ def test_cli_config_file_and_error(env, tmp_path, capsys):
         main(["train", "--config", str(cfg_file), "--method", "lora"])
     assert e.value.code in (0, None)
     assert (tmp_path / "o" / "adapter" / "adapter_info.json").is_file()
+
+
+def test_bf16_keeps_lora_fp32_and_grad_accum(env, tmp_path):
+    import torch
+
+    from spf_lib.train.run import Trainer
+
+    model, data = env
+    tr = Trainer(base_cfg(tmp_path, model, data, method="spf", mixed_precision="bf16", grad_accum=2, steps=2, spf={"stage1_steps": 0},
+                          validation={"enabled": False}))
+    assert all(p.dtype == torch.float32 for p in tr.params)
+    assert base_cfg(tmp_path, model, data, method="spf", steps=5).spf.stage1_steps == 2  # default: half
+    frozen = [p for n, p in tr.ctx.unet.named_parameters() if "lora_" not in n]
+    assert frozen and all(p.dtype == torch.bfloat16 for p in frozen)
+    logs = tr.train_step()
+    assert tr.step == 1 and torch.isfinite(torch.tensor(logs["loss"])) and "loss_text" in logs
+    assert tr.source.indices(0, 1) != tr.source.indices(0, 0)  # accumulation sees different examples

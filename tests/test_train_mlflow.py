@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _train_helpers import base_cfg, make_dataset, tiny_model  # noqa: E402
+from _train_helpers import base_cfg, make_dataset, tiny_model
 
 
 @pytest.fixture(scope="module")
@@ -17,6 +17,7 @@ def env(tmp_path_factory):
     return root, tiny_model(root), make_dataset(root / "data", n=2)
 
 
+@pytest.mark.integration
 def test_new_run_then_env_run_id(env, tmp_path, monkeypatch):
     from mlflow.tracking import MlflowClient
 

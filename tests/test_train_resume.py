@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _train_helpers import base_cfg, make_dataset, tiny_model  # noqa: E402
+from _train_helpers import base_cfg, make_dataset, tiny_model
 
 HERE = Path(__file__).parent
 # Stated tolerance for N + N vs 2N: on one CPU the two runs execute the same ops in the same order, so we expect
@@ -30,13 +30,14 @@ def env(tmp_path_factory):
 def _cfg(tmp, env, out, **kw):
     model, data = env
     # dropout + flips + SPF stage switch make the run depend on every restored RNG and on the step counter
-    values = dict(method="spf", steps=4, lr=2e-2, lr_scheduler="constant_with_warmup", lr_warmup_steps=2,
-                  lora={"dropout": 0.1}, random_flip=True, spf={"stage1_steps": 1, "enh_max_timestep": 1000},
-                  validation={"enabled": False}, output_dir=str(out))
+    values = {"method": "spf", "steps": 4, "lr": 2e-2, "lr_scheduler": "constant_with_warmup", "lr_warmup_steps": 2,
+              "lora": {"dropout": 0.1}, "random_flip": True, "spf": {"stage1_steps": 1, "enh_max_timestep": 1000},
+              "validation": {"enabled": False}, "output_dir": str(out)}
     values.update(kw)
     return base_cfg(tmp, model, data, **values)
 
 
+@pytest.mark.slow
 def test_resume_n_plus_n_equals_2n(env, tmp_path):
     import torch
     from safetensors.torch import load_file
@@ -79,6 +80,7 @@ train(TrainConfig.build("child", **json.loads(pathlib.Path(sys.argv[2]).read_tex
 """
 
 
+@pytest.mark.slow
 def test_sigkill_mid_save_keeps_last_good_checkpoint(env, tmp_path):
     from spf_lib.train.checkpoint import list_checkpoints
     from spf_lib.train.run import train

@@ -33,9 +33,9 @@ def train(
     """Fine-tune a base model with one of the training methods (LoRA, SPF-Portrait, ...)."""
     if method is not None and method not in METHODS:
         raise SpfError(f"--method {method!r}: expected one of {', '.join(METHODS)}")
-    overrides = dict(method=method, base_model=base_model, data_dir=data, output_dir=output, steps=steps, seed=seed,
-                     lr=lr, rank=rank, resolution=resolution, batch_size=batch_size, mixed_precision=mixed_precision,
-                     resume=resume, mlflow=mlflow, device=device)
+    overrides = {"method": method, "base_model": base_model, "data_dir": data, "output_dir": output, "steps": steps,
+                 "seed": seed, "lr": lr, "rank": rank, "resolution": resolution, "batch_size": batch_size,
+                 "mixed_precision": mixed_precision, "resume": resume, "mlflow": mlflow, "device": device}
     from spf_lib.train.config import TrainConfig
 
     if config is not None:

@@ -50,7 +50,7 @@ class AttentionStore:
     def _layer_hw(self, n: int) -> tuple[int, int]:
         h, w = self.latent_hw
         if h * w == 0:
-            s = int(math.isqrt(n))
+            s = math.isqrt(n)
             return s, n // max(s, 1)
         f = round(math.sqrt(h * w / n))
         return max(1, h // f), max(1, w // f)

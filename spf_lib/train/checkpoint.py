@@ -37,6 +37,7 @@ class TrainState:
     config_hash: str
     mlflow_run_id: str | None = None
     python_random: list | None = None
+    resume_hash: str | None = None
 
 
 def checkpoint_root(output_dir: str | Path) -> Path:

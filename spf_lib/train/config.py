@@ -45,7 +45,9 @@ class LoraOptions(_Strict):
 class SpfOptions(_Strict):
     """SPF-Portrait stage 2 (dual-path alignment). Every loss and the SFCM can be switched off (ablation rows)."""
 
-    stage1_steps: int = Field(0, ge=0, description="Optimizer steps of plain LoRA fine-tuning before stage 2")
+    stage1_steps: int | None = Field(
+        None, ge=0, description="Optimizer steps of plain LoRA fine-tuning before stage 2; None = half of `steps` "
+        "(the paper's v3: fine-tune, then align)")
     w_diffusion: float = Field(1.0, ge=0)
     use_text: bool = True
     w_text: float = Field(1.0, ge=0, description="λ for L_text-consistent")
@@ -113,6 +115,8 @@ class TrainConfig(_Strict):
             object.__setattr__(self, "lora", self.lora.model_copy(update={"rank": self.rank}))
         if self.resolution % 8:
             raise ValueError(f"resolution={self.resolution}: must be a multiple of 8 (VAE factor)")
+        if self.spf.stage1_steps is None:
+            object.__setattr__(self, "spf", self.spf.model_copy(update={"stage1_steps": self.steps // 2}))
         if self.method == "spf" and self.spf.stage1_steps > self.steps:
             raise ValueError(f"spf.stage1_steps={self.spf.stage1_steps} exceeds steps={self.steps}")
         return self
@@ -149,14 +153,18 @@ class TrainConfig(_Strict):
     def to_json_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
 
-    def config_hash(self) -> str:
+    def config_hash(self, ignore: tuple[str, ...] = ()) -> str:
         """sha256 of the resolved config minus fields that do not change the result (paths, resume, tracking)."""
         from spf_lib.io import sha256_json
 
         d = self.to_json_dict()
-        for k in ("output_dir", "resume", "mlflow", "device", "log_every"):
+        for k in ("output_dir", "resume", "mlflow", "device", "log_every", *ignore):
             d.pop(k, None)
         return sha256_json(d)
+
+    def resume_hash(self) -> str:
+        """What must match for a resume to continue the same trajectory (extending ``steps`` is allowed)."""
+        return self.config_hash(ignore=("steps", "checkpoint_every", "checkpoints_total_limit", "validation"))
 
 
 def format_validation_error(e: ValidationError) -> str:

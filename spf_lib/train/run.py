@@ -49,7 +49,6 @@ class Trainer:
         """``pipe``: an already built StableDiffusionPipeline (benchmarks on a random-init SD 1.5 architecture);
         default: ``load_pipeline(cfg.base_model)``."""
         import torch
-        from accelerate import Accelerator
         from diffusers import DDPMScheduler
 
         from spf_lib.methods.base import TrainContext, get_method
@@ -63,8 +62,7 @@ class Trainer:
         device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
         if cfg.mixed_precision == "fp16" and not device.startswith("cuda"):
             raise SpfError(f"mixed_precision='fp16' needs a CUDA device (device={device!r}); use 'bf16' or 'no'")
-        self.accelerator = Accelerator(mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.grad_accum,
-                                       cpu=device == "cpu")
+        self.accelerator = _accelerator(cfg, device)
         torch.manual_seed(cfg.seed)
         pipe = load_pipeline(cfg.base_model, dtype="float32", device=device) if pipe is None else pipe.to(device)
         weight_dtype = getattr(torch, DTYPES[cfg.mixed_precision])
@@ -142,7 +140,8 @@ class Trainer:
         from spf_lib.train.checkpoint import TrainState, save_checkpoint
 
         state = TrainState(step=self.step, scheduler=_jsonable(self.lr_scheduler.state_dict()), history=self.history,
-                           config_hash=self.config_hash, mlflow_run_id=mlflow_run_id)
+                           config_hash=self.config_hash, mlflow_run_id=mlflow_run_id,
+                           resume_hash=self.cfg.resume_hash())
         return save_checkpoint(self.cfg.output_dir, state=state, trainable=self.method.state_dict(),
                                optimizer_state=self.optimizer.state_dict(), generator=self.ctx.generator,
                                total_limit=self.cfg.checkpoints_total_limit)
@@ -151,9 +150,9 @@ class Trainer:
         from spf_lib.train.checkpoint import load_checkpoint
 
         state, trainable, opt = load_checkpoint(path, self.ctx.generator)
-        if state.config_hash != self.config_hash:
-            log.warning("resuming %s written with a different config (hash %s != %s)", path,
-                        state.config_hash[:12], self.config_hash[:12])
+        if state.resume_hash != self.cfg.resume_hash():
+            log.warning("resuming %s written with a different config (more than steps/checkpointing/validation "
+                        "changed): the result is not the continuation of that run", path)
         self.method.load_state_dict(trainable)
         self.optimizer.load_state_dict(opt)
         self.lr_scheduler.load_state_dict(state.scheduler)
@@ -181,6 +180,20 @@ class Trainer:
         path = render_grid(self.ctx, self.method, Path(self.cfg.output_dir) / "samples" / f"step-{self.step:06d}.png")
         tracker.log_image(path, key="validation_grid", step=self.step)
         return path
+
+
+def _accelerator(cfg: TrainConfig, device: str):
+    """A fresh Accelerator per run. accelerate keeps process-wide singleton state, so a second ``train(cfg)`` in
+    the same process (ablation sweeps, benchmarks) with another precision would otherwise fail; in a single process
+    that state holds nothing worth keeping. Distributed launches are left alone."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, GradientState, PartialState
+
+    if not (PartialState._shared_state and PartialState().use_distributed):
+        AcceleratorState._reset_state(reset_partial_state=True)
+        GradientState._reset_state()
+    return Accelerator(mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.grad_accum,
+                       cpu=device == "cpu")
 
 
 def _jsonable(d: Any) -> Any:
@@ -224,9 +237,9 @@ def train(cfg: TrainConfig) -> TrainResult:
                 tracker.log_metrics(logs, step=trainer.step)
             if cfg.checkpoint_every and trainer.step % cfg.checkpoint_every == 0 and trainer.step < cfg.steps:
                 trainer.save_checkpoint(tracker.run_id)
-            if cfg.validation.every and trainer.step % cfg.validation.every == 0 and trainer.step < cfg.steps:
-                if (p := trainer.validation_grid(tracker)) is not None:
-                    samples.append(str(p))
+            due = cfg.validation.every and trainer.step % cfg.validation.every == 0 and trainer.step < cfg.steps
+            if due and (p := trainer.validation_grid(tracker)) is not None:
+                samples.append(str(p))
         bar.close()
         if not resume_from or trainer.step > start:
             trainer.save_checkpoint(tracker.run_id)

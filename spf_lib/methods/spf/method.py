@@ -152,13 +152,13 @@ class SpfMethod(LoraMethod):
             idx_ref[i, :len(a)] = torch.tensor(a)
             idx_res[i, :len(r)] = torch.tensor(r)
             valid[i, :len(a)] = True
-        terms = [L.text_consistent_loss(res[n].probs, ref[n].probs, idx_res, idx_ref, valid, L.gate_for(mask, c.hw))
+        terms = [L.text_consistent_loss(res[n].probs, c.probs, idx_res, idx_ref, valid, L.gate_for(mask, c.hw))
                  for n, c in ref.items()]
         return torch.stack(terms).mean()
 
     def fine_loss(self, mask) -> torch.Tensor:
         ref, res = self.store.maps["ref"], self.store.maps["res"]
-        return torch.stack([L.fine_grained_loss(res[n].query, ref[n].query, L.gate_for(mask, c.hw))
+        return torch.stack([L.fine_grained_loss(res[n].query, c.query, L.gate_for(mask, c.hw))
                             for n, c in ref.items()]).mean()
 
     def enhanced(self, ctx: TrainContext, batch, noisy, t, latents, eps_res, eps_ref) -> torch.Tensor:

@@ -1,0 +1,26 @@
+"""`spf bench train-step` runs end to end on the tiny config and reports side-by-side ratios (no timing asserts)."""
+
+from __future__ import annotations
+
+import pytest
+
+
+@pytest.mark.slow
+def test_train_step_bench_tiny():
+    from bench.train_step import run
+
+    res = run({"config": "tiny", "steps": "2", "warmup": "1"})
+    names = [r[0] for r in res["rows"]]
+    assert names == ["lora", "spf-no-enh", "spf"]
+    v = res["figures"]["variants"]
+    assert v["lora"]["time_ratio_vs_lora"] == 1.0
+    for name in ("spf-no-enh", "spf"):
+        assert v[name]["time_ratio_vs_lora"] > 0 and v[name]["mem_ratio_vs_lora"] > 0
+
+
+def test_bad_option_is_one_line():
+    from bench.train_step import run
+    from spf_lib.errors import SpfError
+
+    with pytest.raises(SpfError, match="variants"):
+        run({"config": "tiny", "variants": "lora,nope"})
