@@ -1,0 +1,110 @@
+"""LoRA on the UNet: the baseline, and stage 1 / the trainable part of SPF-Portrait.
+
+peft adds the LoRA layers in place, so "original model" = the same UNet with adapters disabled: one copy of the
+weights serves the frozen reference path, the tuned path and the before/after validation grid.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from spf_lib.methods import LORA_WEIGHTS
+from spf_lib.methods.base import TrainContext, diffusion_loss
+
+log = logging.getLogger(__name__)
+ADAPTER_NAME = "default"
+
+
+def lora_target(target_modules: list[str], cross_attention_only: bool) -> list[str] | str:
+    """peft ``target_modules``: suffix list, or a full-match regex restricted to ``attn2`` (cross-attention)."""
+    if not cross_attention_only:
+        return list(target_modules)
+    import re
+
+    alts = "|".join(re.escape(m) for m in target_modules)
+    return rf".*attn2\.({alts})"
+
+
+class LoraMethod:
+    name = "lora"
+
+    def __init__(self, cfg) -> None:
+        self.cfg = cfg
+        self.unet = None
+        self.params: list = []
+
+    # -- plugin interface -------------------------------------------------------------------------------------
+    def setup(self, ctx: TrainContext) -> list:
+        import torch
+        from peft import LoraConfig
+
+        o = self.cfg.lora
+        lcfg = LoraConfig(r=o.rank, lora_alpha=o.alpha or o.rank, lora_dropout=o.dropout, init_lora_weights="gaussian",
+                          target_modules=lora_target(o.target_modules, o.cross_attention_only))
+        unet = ctx.unet
+        unet.requires_grad_(False)
+        # LoRA init draws from the global RNG: seed it so the init (and so the whole run) is reproducible.
+        state = torch.get_rng_state()
+        torch.manual_seed(o.init_seed if o.init_seed is not None else self.cfg.seed)
+        try:
+            unet.add_adapter(lcfg, adapter_name=ADAPTER_NAME)
+        except ValueError as e:
+            from spf_lib.errors import SpfError
+
+            raise SpfError(f"lora.target_modules={o.target_modules!r}: {str(e).splitlines()[0]}") from None
+        finally:
+            torch.set_rng_state(state)
+        self.params = [p for n, p in unet.named_parameters() if "lora_" in n]
+        for p in self.params:  # trainable params in fp32 even when the frozen weights are bf16/fp16
+            p.data = p.data.float()
+            p.requires_grad_(True)
+        self.unet = unet
+        log.info("LoRA r=%d on %d tensors (%d params)", o.rank, len(self.params), sum(p.numel() for p in self.params))
+        return self.params
+
+    def compute_loss(self, ctx: TrainContext, batch: dict[str, Any], step: int):
+        latents = ctx.encode_images(batch["pixel_values"])
+        noisy, _noise, t, target = ctx.add_noise(latents)
+        cond = ctx.encode_text(batch["caption"])
+        pred = ctx.unet(noisy, t, encoder_hidden_states=cond, return_dict=False)[0]
+        loss = diffusion_loss(pred, target)
+        return loss, {"loss_diffusion": float(loss.detach())}
+
+    def state_dict(self) -> dict:
+        from peft.utils import get_peft_model_state_dict
+
+        return {k: v.detach().float().cpu().contiguous()
+                for k, v in get_peft_model_state_dict(self.unet, adapter_name=ADAPTER_NAME).items()}
+
+    def load_state_dict(self, sd: dict) -> None:
+        from peft.utils import set_peft_model_state_dict
+
+        res = set_peft_model_state_dict(self.unet, sd, adapter_name=ADAPTER_NAME)
+        unexpected = getattr(res, "unexpected_keys", None)
+        if unexpected:
+            from spf_lib.errors import SpfError
+
+            raise SpfError(f"checkpoint adapter weights do not match this LoRA config: unexpected {unexpected[:3]}")
+
+    def set_enabled(self, ctx: TrainContext, enabled: bool) -> None:
+        (self.unet.enable_adapters if enabled else self.unet.disable_adapters)()
+
+    def prompt(self, text: str) -> str:
+        return text
+
+    def save_adapter(self, ctx: TrainContext, out_dir: Path) -> dict:
+        from diffusers import StableDiffusionPipeline
+        from diffusers.utils import convert_state_dict_to_diffusers
+
+        sd = convert_state_dict_to_diffusers(self.state_dict())
+        meta = self.unet.peft_config[ADAPTER_NAME].to_dict()
+        StableDiffusionPipeline.save_lora_weights(
+            str(out_dir), unet_lora_layers=sd, weight_name=LORA_WEIGHTS, safe_serialization=True,
+            unet_lora_adapter_metadata=meta,
+        )
+        o = self.cfg.lora
+        return {"method": self.name, "format": "lora", "weight_name": LORA_WEIGHTS, "rank": o.rank,
+                "alpha": o.alpha or o.rank, "target_modules": o.target_modules,
+                "cross_attention_only": o.cross_attention_only}

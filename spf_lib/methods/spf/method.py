@@ -1,0 +1,184 @@
+"""SPF-Portrait: stage 1 = LoRA fine-tuning; stage 2 = dual-path alignment on the same noisy latent.
+
+Reference path: the same UNet with its LoRA disabled, under no_grad, fed the BASE text. Response path: LoRA enabled,
+fed base + target text. One copy of the weights serves both (the paper keeps a frozen copy of the model).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+
+from spf_lib.methods.base import TrainContext, diffusion_loss
+from spf_lib.methods.lora.method import LoraMethod
+from spf_lib.methods.spf import losses as L
+
+log = logging.getLogger(__name__)
+
+
+class SpfMethod(LoraMethod):
+    name = "spf"
+
+    def __init__(self, cfg) -> None:
+        super().__init__(cfg)
+        self.o = cfg.spf
+        self.store = None
+        self.mapper = None
+        self.embedder = None
+        self._text_emb: dict[str, torch.Tensor] = {}
+
+    def setup(self, ctx: TrainContext) -> list:
+        from spf_lib.methods.spf.embedder import build_embedder
+        from spf_lib.methods.spf.tokens import TokenMapper
+        from spf_lib.models.attention import install_capture
+
+        params = super().setup(ctx)
+        o = self.o
+        if o.use_text or o.use_fine or o.use_sfcm:
+            self.store = install_capture(ctx.unet, o.capture_layers)
+            self.store.keep_probs = o.use_text or o.use_sfcm
+            self.store.keep_query = o.use_fine
+        self.mapper = TokenMapper(ctx.tokenizer)
+        if o.use_enhanced:
+            self.embedder = build_embedder(o.image_embedder, ctx.device, ctx.weight_dtype)
+            if o.enh_direction == "text" and not self.embedder.has_text:
+                from spf_lib.errors import SpfError
+
+                raise SpfError("spf.enh_direction='text' needs spf.image_embedder = a CLIPModel folder with a tokenizer")
+        return params
+
+    # -- the two paths ----------------------------------------------------------------------------------------
+    def dual_forward(self, ctx: TrainContext, noisy, t, base_text: list[str], res_text: list[str]):
+        """(ε_ref, ε_res); captured maps land in ``self.store.maps['ref' | 'res']``."""
+        cond_ref = ctx.encode_text(base_text)
+        cond_res = ctx.encode_text(res_text)
+        store = self.store
+        if store is not None:
+            store.clear()
+            store.latent_hw = tuple(noisy.shape[-2:])
+        ctx.unet.disable_adapters()
+        try:
+            with torch.no_grad():
+                if store is not None:
+                    store.mode = "ref"
+                eps_ref = ctx.unet(noisy, t, encoder_hidden_states=cond_ref, return_dict=False)[0]
+        finally:
+            ctx.unet.enable_adapters()
+        if store is not None:
+            store.mode = "res"
+        try:
+            eps_res = ctx.unet(noisy, t, encoder_hidden_states=cond_res, return_dict=False)[0]
+        finally:
+            if store is not None:
+                store.mode = None
+        return eps_ref, eps_res
+
+    def compute_loss(self, ctx: TrainContext, batch: dict[str, Any], step: int):
+        if step < self.o.stage1_steps:
+            loss, logs = super().compute_loss(ctx, batch, step)
+            return loss, {**logs, "stage": 1.0}
+        o = self.o
+        latents = ctx.encode_images(batch["pixel_values"])
+        noisy, _noise, t, target = ctx.add_noise(latents)
+        eps_ref, eps_res = self.dual_forward(ctx, noisy, t, batch["base_text"], batch["caption"])
+        l_diff = diffusion_loss(eps_res, target)
+        total = o.w_diffusion * l_diff
+        logs = {"loss_diffusion": float(l_diff.detach()), "stage": 2.0}
+        mask = self.control_map(ctx, batch, eps_res, eps_ref)
+        logs["sfcm_mean"] = float(mask.mean())
+        if o.use_text:
+            l_text = self.text_loss(batch, mask)
+            total = total + o.w_text * l_text
+            logs["loss_text"] = float(l_text.detach())
+        if o.use_fine:
+            l_fine = self.fine_loss(mask)
+            total = total + o.w_fine * l_fine
+            logs["loss_fine"] = float(l_fine.detach())
+        if o.use_enhanced:
+            l_enh = self.enhanced(ctx, batch, noisy, t, latents, eps_res, eps_ref)
+            total = total + o.w_enhanced * l_enh
+            logs["loss_enhanced"] = float(l_enh.detach())
+        return total, logs
+
+    # -- SFCM and the losses ------------------------------------------------------------------------------------
+    def phrase_distances(self, ctx: TrainContext, phrases: list[str], target: str | None) -> torch.Tensor:
+        """D_p = 1 − cos(pooled text embedding of p, of the target), from the base model's own text encoder."""
+        if self.o.sfcm_phrase_weighting == "uniform" or not target:
+            return torch.ones(len(phrases))
+        missing = [s for s in phrases + [target] if s not in self._text_emb]
+        if missing:
+            with torch.no_grad():
+                pooled = ctx.text_encoder(ctx.tokenize(missing))[1].float().cpu()
+            self._text_emb.update(zip(missing, pooled))
+        tgt = self._text_emb[target]
+        return torch.stack([1 - torch.nn.functional.cosine_similarity(self._text_emb[p], tgt, dim=0)
+                            for p in phrases]) if phrases else torch.zeros(0)
+
+    def control_map(self, ctx: TrainContext, batch, eps_res, eps_ref) -> torch.Tensor:
+        """M (B, h, w) in [0, 1]; zeros when the SFCM is switched off (align everywhere)."""
+        h, w = eps_res.shape[-2:]
+        if not self.o.use_sfcm:
+            return torch.zeros(eps_res.shape[0], h, w, device=eps_res.device)
+        ref = self.store.maps.get("ref", {})
+        n_diff = L.noise_difference(eps_res, eps_ref)
+        b = eps_res.shape[0]
+        p_max = max(1, max(len(p) for p in batch["base_phrases"]))
+        maps = torch.zeros(b, p_max, h, w, device=eps_res.device)
+        weights = torch.zeros(b, p_max, device=eps_res.device)
+        for i in range(b):
+            phrases = batch["base_phrases"][i]
+            dist = self.phrase_distances(ctx, phrases, batch["target_phrase"][i])
+            for k, phrase in enumerate(phrases):
+                pos = self.mapper.phrase_positions(batch["base_text"][i], phrase)
+                if not pos or not ref:
+                    continue
+                maps[i, k] = torch.stack([L.layer_token_map(c.probs[i].detach(), pos, c.hw, (h, w))
+                                          for c in ref.values()]).mean(0)
+                weights[i, k] = dist[k]
+        return L.sfcm(n_diff, maps, weights, self.o.sfcm_blur)
+
+    def text_loss(self, batch, mask) -> torch.Tensor:
+        ref, res = self.store.maps["ref"], self.store.maps["res"]
+        pairs = [self.mapper.index_map(bt, rt, self.o.text_include_special)
+                 for bt, rt in zip(batch["base_text"], batch["caption"])]
+        k = max(len(p[0]) for p in pairs)
+        dev = mask.device
+        idx_ref = torch.zeros(len(pairs), k, dtype=torch.long, device=dev)
+        idx_res = torch.zeros_like(idx_ref)
+        valid = torch.zeros(len(pairs), k, dtype=torch.bool, device=dev)
+        for i, (a, r) in enumerate(pairs):
+            idx_ref[i, :len(a)] = torch.tensor(a)
+            idx_res[i, :len(r)] = torch.tensor(r)
+            valid[i, :len(a)] = True
+        terms = [L.text_consistent_loss(res[n].probs, ref[n].probs, idx_res, idx_ref, valid, L.gate_for(mask, c.hw))
+                 for n, c in ref.items()]
+        return torch.stack(terms).mean()
+
+    def fine_loss(self, mask) -> torch.Tensor:
+        ref, res = self.store.maps["ref"], self.store.maps["res"]
+        return torch.stack([L.fine_grained_loss(res[n].query, ref[n].query, L.gate_for(mask, c.hw))
+                            for n, c in ref.items()]).mean()
+
+    def enhanced(self, ctx: TrainContext, batch, noisy, t, latents, eps_res, eps_ref) -> torch.Tensor:
+        valid = t < self.o.enh_max_timestep
+        if not bool(valid.any()):
+            return eps_res.sum() * 0.0
+        emb = self.embedder
+        x0_res = L.predict_x0(noisy, eps_res, t, ctx.noise_scheduler)
+        with torch.no_grad():
+            x0_ref = L.predict_x0(noisy, eps_ref, t, ctx.noise_scheduler)
+            e_ref = emb.embed_latents(x0_ref, ctx.vae)
+            if self.o.enh_direction == "text":
+                direction = emb.text_direction(batch["base_text"], batch["caption"])
+            else:
+                e_gt = emb.embed_pixels(batch["pixel_values"], ctx.vae, latents=latents)
+                direction = e_gt - e_ref
+        e_res = emb.embed_latents(x0_res, ctx.vae)
+        return L.enhanced_loss(e_res, e_ref, direction, valid)
+
+    def save_adapter(self, ctx: TrainContext, out_dir):
+        info = super().save_adapter(ctx, out_dir)
+        info.update(method=self.name, spf=self.o.model_dump(mode="json"))
+        return info

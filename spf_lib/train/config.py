@@ -1,0 +1,171 @@
+"""The training configuration: one validated object that fully determines a run (with the data and the base model).
+
+It is written resolved to ``train_config.json`` and hashed into the ``config_hash`` lineage key, so every field that
+changes the result lives here, including each SPF loss weight and on/off switch (the paper's ablation rows are config
+edits, not code edits). Validation errors are SpfError lines that name the field and the bad value.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from spf_lib.errors import SpfError
+
+MethodName = Literal["lora", "spf", "celeb-basis", "beyond-inserting"]
+ATTN_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class LoraOptions(_Strict):
+    """LoRA on the UNet (stage 1 of SPF, and the LoRA baseline)."""
+
+    rank: int = Field(4, ge=1, le=1024, description="LoRA rank r")
+    alpha: float | None = Field(None, gt=0, description="LoRA alpha; None = rank (scale 1)")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    target_modules: list[str] = Field(default_factory=lambda: list(ATTN_TARGETS),
+                                      description="Linear layer names (suffixes) inside the UNet to adapt")
+    cross_attention_only: bool = Field(False, description="Adapt only attn2 (cross-attention), as in SPF v1's figure")
+    init_seed: int | None = Field(None, description="Seed for LoRA init; None = the run seed")
+
+    @field_validator("target_modules")
+    @classmethod
+    def _nonempty(cls, v: list[str]) -> list[str]:
+        if not v or any(not s.strip() for s in v):
+            raise ValueError(f"target_modules={v!r}: need at least one non-empty module name")
+        return v
+
+
+class SpfOptions(_Strict):
+    """SPF-Portrait stage 2 (dual-path alignment). Every loss and the SFCM can be switched off (ablation rows)."""
+
+    stage1_steps: int = Field(0, ge=0, description="Optimizer steps of plain LoRA fine-tuning before stage 2")
+    w_diffusion: float = Field(1.0, ge=0)
+    use_text: bool = True
+    w_text: float = Field(1.0, ge=0, description="λ for L_text-consistent")
+    use_fine: bool = True
+    w_fine: float = Field(0.1, ge=0, description="λ for L_fine-grained")
+    use_enhanced: bool = True
+    w_enhanced: float = Field(0.05, ge=0, description="λ for L_enhanced")
+    use_sfcm: bool = Field(True, description="False = gate 1 everywhere (the paper's over-alignment ablation)")
+    capture_layers: list[str] = Field(default_factory=lambda: ["*attn2"],
+                                      description="fnmatch patterns over UNet attention module names to capture")
+    text_include_special: bool = Field(True, description="Align BOS/EOS/padding maps too (the paper: 'and padding')")
+    sfcm_phrase_weighting: Literal["distance", "uniform"] = "distance"
+    sfcm_blur: int = Field(0, ge=0, le=7, description="Box-blur radius (latent pixels) applied to the SFCM")
+    image_embedder: str | None = Field(
+        None, description="CLIP model folder/hub id for L_enhanced; None = latent-pool fallback (no VAE decode)")
+    enh_direction: Literal["image", "text"] = Field(
+        "image", description="Supervision direction: ground-truth image shift, or CLIP text shift (needs CLIPModel)")
+    enh_max_timestep: int = Field(700, ge=1, le=1000, description="L_enhanced only where t < this (x̂0 is noise above)")
+
+
+class ValidationOptions(_Strict):
+    prompts: list[str] = Field(default_factory=lambda: ["a photo of a woman", "a photo of a man with glasses"])
+    seeds: list[int] = Field(default_factory=lambda: [0])
+    every: int = Field(0, ge=0, description="Also render a grid every N steps (0 = only at the end)")
+    num_inference_steps: int = Field(20, ge=1, le=200)
+    guidance_scale: float = Field(7.5, ge=0)
+    enabled: bool = True
+
+
+class TrainConfig(_Strict):
+    method: MethodName = "lora"
+    base_model: str = Field(..., min_length=1, description="local folder, hub id or s3://bucket/prefix")
+    data_dir: str = Field(..., min_length=1, description="a `spf data prepare` output folder (manifest.parquet)")
+    output_dir: str = Field(..., min_length=1)
+    steps: int = Field(100, ge=1, description="Optimizer steps in total (all stages)")
+    seed: int = 0
+    lr: float = Field(1e-4, gt=0, lt=1)
+    lr_scheduler: Literal["constant", "constant_with_warmup", "cosine", "linear"] = "constant"
+    lr_warmup_steps: int = Field(0, ge=0)
+    adam_weight_decay: float = Field(1e-2, ge=0)
+    max_grad_norm: float = Field(1.0, gt=0)
+    rank: int | None = Field(None, ge=1, description="Shortcut for lora.rank")
+    resolution: int = Field(512, ge=8)
+    batch_size: int = Field(1, ge=1)
+    grad_accum: int = Field(1, ge=1)
+    mixed_precision: Literal["no", "fp16", "bf16"] = "no"
+    gradient_checkpointing: bool = False
+    center_crop: bool = True
+    random_flip: bool = False
+    checkpoint_every: int = Field(0, ge=0, description="Write a resumable checkpoint every N steps (0 = only at end)")
+    checkpoints_total_limit: int | None = Field(2, ge=1)
+    resume: str | None = Field(None, description="'latest' or a checkpoint folder name/path")
+    device: str | None = Field(None, description="None = cuda if available else cpu")
+    mlflow: bool = False
+    log_every: int = Field(1, ge=1)
+    validation: ValidationOptions = Field(default_factory=ValidationOptions)
+    lora: LoraOptions = Field(default_factory=LoraOptions)
+    spf: SpfOptions = Field(default_factory=SpfOptions)
+    celeb_basis: dict[str, Any] = Field(default_factory=dict, description="Options of the celeb-basis plugin")
+    beyond_inserting: dict[str, Any] = Field(default_factory=dict, description="Options of the beyond-inserting plugin")
+
+    @model_validator(mode="after")
+    def _check(self) -> TrainConfig:
+        if self.rank is not None and self.rank != self.lora.rank:
+            object.__setattr__(self, "lora", self.lora.model_copy(update={"rank": self.rank}))
+        if self.resolution % 8:
+            raise ValueError(f"resolution={self.resolution}: must be a multiple of 8 (VAE factor)")
+        if self.method == "spf" and self.spf.stage1_steps > self.steps:
+            raise ValueError(f"spf.stage1_steps={self.spf.stage1_steps} exceeds steps={self.steps}")
+        if self.lr_warmup_steps > self.steps:
+            raise ValueError(f"lr_warmup_steps={self.lr_warmup_steps} exceeds steps={self.steps}")
+        return self
+
+    # -- construction helpers that turn pydantic errors into one SpfError line ---------------------------------
+    @classmethod
+    def build(cls, source: str = "config", **values: Any) -> TrainConfig:
+        try:
+            return cls(**values)
+        except ValidationError as e:
+            raise SpfError(f"{source}: {format_validation_error(e)}") from None
+
+    @classmethod
+    def from_file(cls, path: str | Path, **overrides: Any) -> TrainConfig:
+        """Read JSON or YAML, then apply CLI overrides (None values are ignored)."""
+        p = Path(path)
+        if not p.is_file():
+            raise SpfError(f"{p}: config file does not exist")
+        text = p.read_text(encoding="utf-8")
+        try:
+            if p.suffix in (".yaml", ".yml"):
+                import yaml
+
+                data = yaml.safe_load(text) or {}
+            else:
+                data = json.loads(text)
+        except Exception as e:  # noqa: BLE001 - any parse error is bad input
+            raise SpfError(f"{p}: cannot parse ({str(e).splitlines()[0]})") from None
+        if not isinstance(data, dict):
+            raise SpfError(f"{p}: top level must be a mapping of TrainConfig fields")
+        data.update({k: v for k, v in overrides.items() if v is not None})
+        return cls.build(str(p), **data)
+
+    def to_json_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    def config_hash(self) -> str:
+        """sha256 of the resolved config minus fields that do not change the result (paths, resume, tracking)."""
+        from spf_lib.io import sha256_json
+
+        d = self.to_json_dict()
+        for k in ("output_dir", "resume", "mlflow", "device", "log_every"):
+            d.pop(k, None)
+        return sha256_json(d)
+
+
+def format_validation_error(e: ValidationError) -> str:
+    parts = []
+    for err in e.errors():
+        loc = ".".join(str(x) for x in err["loc"]) or "config"
+        inp = err.get("input")
+        shown = "" if isinstance(inp, dict) else f"={inp!r}"
+        parts.append(f"{loc}{shown}: {err['msg']}")
+    return "; ".join(parts)

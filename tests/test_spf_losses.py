@@ -1,0 +1,183 @@
+"""SPF-Portrait losses: zero for identical paths, positive otherwise; the SFCM gate really removes regions."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _train_helpers import base_cfg, make_dataset, tiny_model  # noqa: E402
+
+from spf_lib.methods.spf import losses as L  # noqa: E402
+
+
+# ---- pure functions -------------------------------------------------------------------------------------------
+def _probs(b=2, h=2, n=16, t=77, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(b, h, n, t, generator=g).softmax(-1)
+
+
+def test_text_loss_zero_identical_positive_otherwise():
+    p = _probs()
+    idx = torch.arange(10).expand(2, 10)
+    valid = torch.ones(2, 10, dtype=torch.bool)
+    gate = torch.ones(2, 16)
+    assert L.text_consistent_loss(p, p.clone(), idx, idx, valid, gate) == 0
+    assert L.text_consistent_loss(_probs(seed=1), p, idx, idx, valid, gate) > 0
+
+
+def test_fine_loss_zero_identical_positive_otherwise():
+    q = torch.randn(2, 16, 8)
+    gate = torch.ones(2, 16)
+    assert L.fine_grained_loss(q, q.clone(), gate) == 0
+    assert L.fine_grained_loss(q + 0.1, q, gate) > 0
+
+
+def test_sfcm_masked_region_contributes_nothing():
+    """Differences confined to where M = 1 give zero loss; the same difference outside the mask does not."""
+    h = w = 4
+    mask = torch.zeros(2, h, w)
+    mask[:, :2, :] = 1.0                       # top half is the target region
+    gate = L.gate_for(mask, (h, w))
+    inside = torch.zeros(2, h * w, dtype=torch.bool)
+    inside.view(2, h, w)[:, :2, :] = True
+    q_ref = torch.randn(2, h * w, 8)
+    q_in = q_ref + 5.0 * inside[..., None]
+    q_out = q_ref + 5.0 * (~inside)[..., None]
+    assert L.fine_grained_loss(q_in, q_ref, gate) == 0
+    assert L.fine_grained_loss(q_out, q_ref, gate) > 0
+    p_ref = _probs(n=h * w)
+    p_in = torch.where(inside[:, None, :, None], _probs(n=h * w, seed=3), p_ref)
+    p_out = torch.where(~inside[:, None, :, None], _probs(n=h * w, seed=3), p_ref)
+    idx = torch.arange(77).expand(2, 77)
+    valid = torch.ones(2, 77, dtype=torch.bool)
+    assert L.text_consistent_loss(p_in, p_ref, idx, idx, valid, gate) == 0
+    assert L.text_consistent_loss(p_out, p_ref, idx, idx, valid, gate) > 0
+
+
+def test_sfcm_subtracts_far_phrases_and_stays_in_unit_range():
+    n = torch.zeros(1, 4, 4)
+    n[0, :, :2] = 1.0                           # noise differs on the left half
+    phrase = torch.zeros(1, 1, 4, 4)
+    phrase[0, 0, :2, :] = 1.0                   # a base phrase sits on the top half
+    far = L.sfcm(n, phrase, torch.tensor([[1.0]]))
+    near = L.sfcm(n, phrase, torch.tensor([[0.0]]))
+    assert far.min() >= 0 and far.max() <= 1
+    assert far[0, :2, :2].sum() == 0 and far[0, 2:, :2].min() == 1   # far phrase region removed
+    assert near[0, :, :2].min() == 1                                 # a phrase close to the target is kept
+
+
+def test_enhanced_loss_zero_when_shift_matches_direction():
+    e_ref = torch.randn(3, 16)
+    d = torch.randn(3, 16)
+    valid = torch.ones(3, dtype=torch.bool)
+    assert L.enhanced_loss(e_ref + 2 * d, e_ref, d, valid).abs() < 1e-6
+    assert L.enhanced_loss(e_ref - d, e_ref, d, valid) > 1.9
+    assert L.enhanced_loss(e_ref + d, e_ref, d, torch.zeros(3, dtype=torch.bool)) == 0
+
+
+def test_token_map_pairs_same_tokens():
+    from spf_lib.methods.spf.tokens import TokenMapper
+    from spf_lib.models.tokenizer import build_tokenizer
+
+    tok = build_tokenizer()
+    m = TokenMapper(tok)
+    base, res = "a photo of a woman, brown jacket", "a photo of a woman, blonde hair, brown jacket"
+    ref_i, res_i = m.index_map(base, res)
+    ids_b = tok(base, padding="max_length", max_length=77).input_ids
+    ids_r = tok(res, padding="max_length", max_length=77).input_ids
+    assert [ids_b[i] for i in ref_i] == [ids_r[j] for j in res_i]
+    content = m.content_ids("brown jacket")
+    pos = m.phrase_positions(res, "brown jacket")
+    assert [ids_r[p] for p in pos] == list(content) and pos[0] > m.phrase_positions(res, "blonde hair")[0]
+    assert m.phrase_positions(base, "blonde hair") == []
+
+
+# ---- through the tiny UNet ------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def trainer(tmp_path_factory):
+    from spf_lib.train.run import Trainer
+
+    root = tmp_path_factory.mktemp("spf")
+    cfg = base_cfg(root, tiny_model(root), make_dataset(root / "data"), method="spf", steps=3, lr=5e-2,
+                   spf={"enh_max_timestep": 1000}, validation={"enabled": False})
+    return Trainer(cfg)
+
+
+def _paths(tr, batch, base_text, res_text):
+    ctx, m = tr.ctx, tr.method
+    torch.manual_seed(0)
+    lat = ctx.encode_images(batch["pixel_values"])
+    noisy, _, t, _ = ctx.add_noise(lat)
+    eps_ref, eps_res = m.dual_forward(ctx, noisy, t, base_text, res_text)
+    mask = torch.zeros(eps_res.shape[0], *eps_res.shape[-2:])
+    b = {**batch, "base_text": base_text, "caption": res_text}
+    return m.text_loss(b, mask), m.fine_loss(mask), m.control_map(ctx, b, eps_res, eps_ref)
+
+
+def test_capture_only_on_chosen_layers(trainer):
+    from spf_lib.models.attention import CaptureProcessor
+
+    procs = trainer.ctx.unet.attn_processors
+    captured = [k for k, p in procs.items() if isinstance(p, CaptureProcessor)]
+    assert captured and all(k.endswith("attn2.processor") for k in captured)
+    assert all(type(p).__name__ == "AttnProcessor2_0" for k, p in procs.items() if k not in captured)
+
+
+def test_alignment_losses_zero_for_identical_paths_positive_otherwise(trainer):
+    batch = trainer.source.batch(0)
+    text = batch["caption"]
+    # LoRA at init has B = 0: adapter on == adapter off, so same text → identical paths
+    l_text, l_fine, mask = _paths(trainer, batch, text, text)
+    assert l_text == 0 and l_fine == 0 and mask.max() == 0
+    # different text (base vs base + target) → positive
+    l_text, l_fine, mask = _paths(trainer, batch, batch["base_text"], text)
+    assert l_text > 0 and l_fine > 0 and mask.max() == 1
+    # same text, trained adapter → positive
+    with torch.no_grad():
+        for n, p in trainer.ctx.unet.named_parameters():
+            if "lora_B" in n:
+                p.add_(0.05 * torch.randn_like(p))
+    try:
+        l_text, l_fine, _ = _paths(trainer, batch, text, text)
+        assert l_text > 0 and l_fine > 0
+    finally:
+        with torch.no_grad():
+            for n, p in trainer.ctx.unet.named_parameters():
+                if "lora_B" in n:
+                    p.zero_()
+
+
+def test_gradients_only_on_trainable_and_disabled_unet_unchanged(trainer):
+    ctx = trainer.ctx
+    unet = ctx.unet
+    g = torch.Generator().manual_seed(7)
+    x = torch.randn(1, 4, 16, 16, generator=g)
+    cond = ctx.encode_text(["a photo of a woman, red dress"])
+    t = torch.tensor([500])
+
+    def out(enabled: bool):
+        (unet.enable_adapters if enabled else unet.disable_adapters)()
+        with torch.no_grad():
+            y = unet(x, t, encoder_hidden_states=cond).sample
+        unet.enable_adapters()
+        return y
+
+    before_off, before_on = out(False), out(True)
+    trainable = {id(p) for p in trainer.params}
+    loss, logs = trainer.method.compute_loss(ctx, trainer.source.batch(0), step=0)
+    assert {"loss_text", "loss_fine", "loss_enhanced"} <= logs.keys()
+    loss.backward()
+    for mod in (unet, ctx.vae, ctx.text_encoder):
+        for n, p in mod.named_parameters():
+            if id(p) not in trainable:
+                assert p.grad is None, n
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in trainer.params)
+    trainer.optimizer.zero_grad(set_to_none=True)
+    trainer.train_step()
+    trainer.train_step()
+    assert torch.equal(out(False), before_off), "adapter-disabled UNet must be bit-identical after training"
+    assert not torch.equal(out(True), before_on)
