@@ -30,13 +30,13 @@ class PretrainConfig:
     resolution: int = 64
     seed: int = 0
     threads: int = 2
-    vae_steps: int = 300
+    vae_steps: int = 150
     vae_batch: int = 16
     vae_lr: float = 1e-3
     vae_kl: float = 1e-6
-    unet_steps: int = 3000
+    unet_steps: int = 1600
     batch: int = 16
-    lr: float = 1e-3
+    lr: float = 1.5e-3
     keep_phrase: float = 0.7
     uncond_prob: float = 0.1
     text_hidden: int = 64
