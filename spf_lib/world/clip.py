@@ -116,10 +116,16 @@ def train_clip(output: str | Path, *, n_images: int = 3000, seed: int = 100, ste
     ae = attrs[n_images:n_images + held_out]
     sim = clip.image_embeds(xe) @ clip.text_embeds([a.caption() for a in ae]).T
     top1 = float((sim.argmax(-1) == torch.arange(len(ae))).float().mean())
-    # Target direction: does "wearing round glasses" score glasses images higher?
-    t = clip.clip_t(xe, ["a photo of a woman, wearing round glasses"] * len(ae))
+    # Target direction: with the same base caption, does adding the target phrase raise the score exactly when the
+    # image shows glasses?
+    from spf_lib.world.attributes import TARGET_PHRASE
+
+    base_caps = [", ".join(p for p in a.phrases() if p != TARGET_PHRASE) for a in ae]
+    t_with = clip.clip_t(xe, [f"{c}, {TARGET_PHRASE}" for c in base_caps])
+    t_without = clip.clip_t(xe, base_caps)
     g = np.array([a.glasses for a in ae])
-    metrics = {"caption_top1_of_256": top1, "clip_t_glasses": float(t[g].mean()), "clip_t_no_glasses": float(t[~g].mean())}
+    metrics = {"caption_top1_of_256": top1, "target_phrase_accuracy": float(np.mean((t_with > t_without) == g)),
+               "clip_t_target_glasses": float(t_with[g].mean()), "clip_t_target_no_glasses": float(t_with[~g].mean())}
     with atomic_dir(output) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tok.save_pretrained(tmp)

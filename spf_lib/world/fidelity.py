@@ -96,7 +96,7 @@ def score(plan: EvalPlan, original: Generated, tuned: Generated, probes, clip) -
         return float(np.mean(pt[key][mask] == cls) - np.mean(po[key][mask] == cls))
 
     ptt = probes.predict(tuned.target)
-    fid = [np.mean([ptt[k][i] == CHOICES[k].index(v) for k, v in nm.items()]) for i, nm in enumerate(named)]
+    fid = named_fidelity(ptt, named)
     target_prompts = [f"{p}, {TARGET_PHRASE}" for p in plan.pairs()[0]]
     return {
         "attr_drift": float(drift),
@@ -106,5 +106,12 @@ def score(plan: EvalPlan, original: Generated, tuned: Generated, probes, clip) -
         "pixel_mae": float((original.base - tuned.base).abs().mean() / 2),
         "target_rate": float(np.mean(ptt["glasses"] == 1)),
         "clip_t": float(np.mean(clip.clip_t(tuned.target, target_prompts))),
-        "prompt_fidelity": float(np.mean(fid)),
+        "prompt_fidelity": fid,
+        "base_fidelity": named_fidelity(pt, named),
     }
+
+
+def named_fidelity(pred: dict[str, np.ndarray], named: list[dict[str, str]]) -> float:
+    """Fraction of the attributes each prompt names that the probes read back from its image."""
+    return float(np.mean([np.mean([pred[k][i] == CHOICES[k].index(v) for k, v in nm.items()])
+                          for i, nm in enumerate(named)]))
