@@ -96,7 +96,7 @@ def train_vae(vae, x, cfg: PretrainConfig) -> list[float]:
         torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
         opt.step()
         sched.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
         bar.set_postfix(loss=f"{losses[-1]:.4f}")
     vae.eval()
     return losses
@@ -162,7 +162,7 @@ def train_unet(unet, text_encoder, tokenizer, latents, attrs, cfg: PretrainConfi
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         sched.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
         if len(losses) % 20 == 0:
             bar.set_postfix(loss=f"{np.mean(losses[-100:]):.4f}")
     unet.eval()
