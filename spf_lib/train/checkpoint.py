@@ -122,6 +122,7 @@ def load_checkpoint(path: Path, generator) -> tuple[TrainState, dict, dict]:
     import random
 
     import torch
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     try:
@@ -130,7 +131,7 @@ def load_checkpoint(path: Path, generator) -> tuple[TrainState, dict, dict]:
         trainable = load_file(str(path / ADAPTER))
         opt = torch.load(str(path / OPTIMIZER), map_location="cpu", weights_only=True)
         restore_rng(load_file(str(path / RNG)), generator)
-    except (OSError, ValueError, KeyError, TypeError, RuntimeError) as e:
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError, SafetensorError) as e:
         raise SpfError(f"{path}: unreadable checkpoint ({str(e).splitlines()[0]})") from None
     if state.python_random:
         random.setstate(_py_random_from_json(state.python_random))

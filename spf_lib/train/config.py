@@ -115,8 +115,6 @@ class TrainConfig(_Strict):
             raise ValueError(f"resolution={self.resolution}: must be a multiple of 8 (VAE factor)")
         if self.method == "spf" and self.spf.stage1_steps > self.steps:
             raise ValueError(f"spf.stage1_steps={self.spf.stage1_steps} exceeds steps={self.steps}")
-        if self.lr_warmup_steps > self.steps:
-            raise ValueError(f"lr_warmup_steps={self.lr_warmup_steps} exceeds steps={self.steps}")
         return self
 
     # -- construction helpers that turn pydantic errors into one SpfError line ---------------------------------

@@ -45,7 +45,9 @@ class Trainer:
     """Holds the models, the method and the optimizer. ``train()`` is the public entry; tests and the benchmark
     use ``Trainer`` directly to step and inspect the model."""
 
-    def __init__(self, cfg: TrainConfig) -> None:
+    def __init__(self, cfg: TrainConfig, pipe: Any = None) -> None:
+        """``pipe``: an already built StableDiffusionPipeline (benchmarks on a random-init SD 1.5 architecture);
+        default: ``load_pipeline(cfg.base_model)``."""
         import torch
         from accelerate import Accelerator
         from diffusers import DDPMScheduler
@@ -64,7 +66,7 @@ class Trainer:
         self.accelerator = Accelerator(mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.grad_accum,
                                        cpu=device == "cpu")
         torch.manual_seed(cfg.seed)
-        pipe = load_pipeline(cfg.base_model, dtype="float32", device=device)
+        pipe = load_pipeline(cfg.base_model, dtype="float32", device=device) if pipe is None else pipe.to(device)
         weight_dtype = getattr(torch, DTYPES[cfg.mixed_precision])
         for m in (pipe.unet, pipe.vae, pipe.text_encoder):
             m.requires_grad_(False)

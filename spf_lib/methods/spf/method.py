@@ -52,8 +52,8 @@ class SpfMethod(LoraMethod):
     # -- the two paths ----------------------------------------------------------------------------------------
     def dual_forward(self, ctx: TrainContext, noisy, t, base_text: list[str], res_text: list[str]):
         """(ε_ref, ε_res); captured maps land in ``self.store.maps['ref' | 'res']``."""
-        cond_ref = ctx.encode_text(base_text)
-        cond_res = ctx.encode_text(res_text)
+        cond = ctx.encode_text(list(base_text) + list(res_text))  # one text-encoder call for both paths
+        cond_ref, cond_res = cond[:len(base_text)], cond[len(base_text):]
         store = self.store
         if store is not None:
             store.clear()

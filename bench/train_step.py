@@ -1,0 +1,217 @@
+"""Step time and peak memory: LoRA step vs SPF stage-2 step (without and with L_enhanced), side by side.
+
+Each variant runs in its own subprocess so its peak memory is its own (CUDA: torch.cuda.max_memory_allocated over
+the timed steps; CPU: the process's peak RSS and the growth of RSS during the steps). Config ``tiny`` (default on
+CPU) uses the project's tiny SD; ``sd15`` (default on CUDA) is the SD 1.5 UNet/VAE/CLIP-L architecture at 512 px in
+bf16 with random weights (speed and memory do not depend on the weights).
+
+Options: config=tiny|sd15, steps=N (timed), warmup=N, batch=N, resolution=N, mixed_precision=no|bf16,
+capture=PATTERN[,PATTERN], checkpointing=0|1, variants=lora,spf-no-enh,spf.
+Goals (issue 4): SPF stage-2 without L_enh ≤ 1.4× LoRA step time, peak memory ≤ 1.15× LoRA.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+VARIANTS = {
+    "lora": {"method": "lora"},
+    "spf-no-enh": {"method": "spf", "spf": {"use_enhanced": False}},
+    "spf": {"method": "spf", "spf": {"enh_max_timestep": 1000}},
+}
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _sd15_pipeline(seed: int = 0):
+    """SD 1.5 architecture, random init, built in code (no download)."""
+    import torch
+    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from spf_lib.models.tokenizer import build_tokenizer
+
+    torch.manual_seed(seed)
+    tok = build_tokenizer()
+    unet = UNet2DConditionModel(sample_size=64, cross_attention_dim=768, attention_head_dim=8)
+    vae = AutoencoderKL(block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4,
+                        up_block_types=("UpDecoderBlock2D",) * 4, layers_per_block=2, latent_channels=4,
+                        sample_size=512)
+    te = CLIPTextModel(CLIPTextConfig(vocab_size=len(tok), hidden_size=768, intermediate_size=3072,
+                                      num_hidden_layers=12, num_attention_heads=12, max_position_embeddings=77,
+                                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                                      pad_token_id=tok.pad_token_id))
+    sched = DDIMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                          clip_sample=False, set_alpha_to_one=False, steps_offset=1)
+    return StableDiffusionPipeline(unet=unet, vae=vae, text_encoder=te, tokenizer=tok, scheduler=sched,
+                                   safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+
+
+def _trainer(variant: str, opts: dict):
+    import torch
+
+    sys.path.insert(0, str(ROOT / "tests"))
+    from _train_helpers import make_dataset
+
+    from spf_lib.train.config import TrainConfig
+    from spf_lib.train.run import Trainer
+
+    tmp = Path(opts["tmp"])
+    data = make_dataset(tmp / f"data-{opts['resolution']}", n=4, size=opts["resolution"])
+    cuda = torch.cuda.is_available()
+    pipe = _sd15_pipeline() if opts["config"] == "sd15" else None
+    model = str(tmp / "tiny-sd") if pipe is None else "sd15-random"
+    v = VARIANTS[variant]
+    spf = {"stage1_steps": 0, **v.get("spf", {})}
+    if opts.get("capture"):
+        spf["capture_layers"] = opts["capture"].split(",")
+    cfg = TrainConfig.build(
+        "bench", method=v["method"], base_model=model, data_dir=str(data), output_dir=str(tmp / f"out-{variant}"),
+        steps=10_000, resolution=opts["resolution"], batch_size=opts["batch"], mixed_precision=opts["mixed_precision"],
+        gradient_checkpointing=bool(opts["checkpointing"]), device="cuda" if cuda else "cpu", spf=spf,
+        validation={"enabled": False}, lr=1e-5,
+    )
+    tr = Trainer(cfg, pipe=pipe)
+    for _ in range(opts["warmup"]):
+        tr.train_step()
+    return tr
+
+
+def _timed_step(tr) -> float:
+    """CUDA: wall time (synchronised). CPU: process CPU time with one torch thread, because wall time on a machine
+    shared with other jobs measures the neighbours more than the step."""
+    import time
+
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        tr.train_step()
+        torch.cuda.synchronize()
+        return time.perf_counter() - t0
+    torch.set_num_threads(1)
+    t0 = time.process_time()
+    tr.train_step()
+    return time.process_time() - t0
+
+
+def _child_memory(variant: str, opts: dict, out_json: str) -> None:
+    """One variant alone in this process: its peak memory (and its own step times)."""
+    import resource
+
+    import torch
+
+    def rss_mb() -> float:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+    tr = _trainer(variant, opts)
+    cuda = torch.cuda.is_available()
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    rss0 = rss_mb()
+    times = [_timed_step(tr) for _ in range(opts["steps"])]
+    res = {"variant": variant, "alone_median_s": sorted(times)[len(times) // 2],
+           "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "rss_growth_mb": rss_mb() - rss0,
+           "device": torch.cuda.get_device_name() if cuda else "cpu"}
+    if cuda:
+        res["peak_cuda_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    Path(out_json).write_text(json.dumps(res))
+
+
+def _child_interleaved(variants: list[str], opts: dict, out_json: str) -> None:
+    """All variants in one process, steps interleaved round-robin, so load on a shared machine hits all alike."""
+    trainers = {v: _trainer(v, opts) for v in variants}
+    times: dict[str, list[float]] = {v: [] for v in variants}
+    for _ in range(opts["steps"]):
+        for v, tr in trainers.items():
+            times[v].append(_timed_step(tr))
+    Path(out_json).write_text(json.dumps({v: {"median_s": sorted(t)[len(t) // 2], "min_s": min(t), "times_s": t}
+                                          for v, t in times.items()}))
+
+
+def run(options: dict[str, str]) -> dict:
+    from bench.common import opt
+    from spf_lib.errors import SpfError
+
+    try:
+        import torch
+
+        cuda = torch.cuda.is_available()
+    except ImportError:  # pragma: no cover
+        cuda = False
+    config = opt(options, "config", "sd15" if cuda else "tiny", str)
+    if config not in ("tiny", "sd15"):
+        raise SpfError(f"bench option config={config!r}: expected tiny or sd15")
+    opts = {
+        "config": config,
+        "steps": opt(options, "steps", 5 if config == "tiny" else 10, int),
+        "warmup": opt(options, "warmup", 2 if config == "tiny" else 3, int),
+        "batch": opt(options, "batch", 1, int),
+        "resolution": opt(options, "resolution", 64 if config == "tiny" else 512, int),
+        "mixed_precision": opt(options, "mixed_precision", "bf16" if cuda else "no", str),
+        "checkpointing": opt(options, "checkpointing", 0, int),
+        "capture": opt(options, "capture", "", str),
+    }
+    variants = opt(options, "variants", ",".join(VARIANTS), str).split(",")
+    bad = [v for v in variants if v not in VARIANTS]
+    if bad:
+        raise SpfError(f"bench option variants: unknown {bad}; expected {', '.join(VARIANTS)}")
+    with tempfile.TemporaryDirectory(prefix="spf-bench-") as tmp:
+        opts["tmp"] = tmp
+        if config == "tiny":
+            from spf_lib.models.factory import save_tiny_pipeline
+
+            save_tiny_pipeline(Path(tmp) / "tiny-sd")
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+
+        def child(*args: str) -> dict:
+            out = Path(tmp) / "child.json"
+            proc = subprocess.run([sys.executable, "-m", "bench.train_step", *args, json.dumps(opts), str(out)],
+                                  cwd=ROOT, env=env, capture_output=True, text=True)
+            if proc.returncode != 0:
+                raise SpfError(f"bench train-step {args[:2]} failed: {proc.stderr.strip().splitlines()[-1:]}")
+            return json.loads(out.read_text())
+
+        results = {v: child("memory", v) for v in variants}
+        timing = child("interleaved", ",".join(variants)) if opt(options, "interleave", True, bool) else None
+        for v in variants:
+            t = timing[v] if timing else {"median_s": results[v]["alone_median_s"], "min_s": None}
+            results[v].update(median_s=t["median_s"], min_s=t["min_s"] or t["median_s"])
+    mem_key = "peak_cuda_mb" if "peak_cuda_mb" in next(iter(results.values())) else "peak_rss_mb"
+    base = results.get("lora")
+    rows, figures = [], {}
+    for v, r in results.items():
+        t_ratio = r["median_s"] / base["median_s"] if base else None
+        m_ratio = r[mem_key] / base[mem_key] if base else None
+        rows.append([v, r["median_s"] * 1000, r["min_s"] * 1000, r[mem_key], r["rss_growth_mb"],
+                     t_ratio if t_ratio is not None else "-", m_ratio if m_ratio is not None else "-"])
+        figures[v] = {**r, "time_ratio_vs_lora": t_ratio, "mem_ratio_vs_lora": m_ratio}
+    dev = next(iter(results.values()))["device"]
+    return {
+        "title": f"train step: LoRA vs SPF stage 2 ({config}, {opts['resolution']} px, {opts['mixed_precision']}, {dev})",
+        "columns": ["variant", "median ms", "min ms", mem_key, "rss growth MB", "time × LoRA", "mem × LoRA"],
+        "rows": rows,
+        "figures": {"config": {k: v for k, v in opts.items() if k != "tmp"}, "device": dev, "variants": figures},
+        "notes": [
+            "goals: spf-no-enh time × LoRA ≤ 1.4, mem × LoRA ≤ 1.15 (the extra no-grad reference forward alone "
+            "costs ~1.33×)",
+            f"memory column = {mem_key}, each variant alone in its own process; times = medians of steps "
+            "interleaved round-robin in one process; on CPU they are process CPU seconds with 1 torch thread",
+            "spf = stage-2 step with L_text, L_fine, SFCM (+ L_enhanced with the configured embedder; default the "
+            "latent-pool fallback, no VAE decode)",
+        ],
+    }
+
+
+if __name__ == "__main__":
+    if sys.argv[1] == "memory":
+        _child_memory(sys.argv[2], json.loads(sys.argv[3]), sys.argv[4])
+    else:
+        _child_interleaved(sys.argv[2].split(","), json.loads(sys.argv[3]), sys.argv[4])
