@@ -5,7 +5,8 @@ ablations on a set where every glasses image is also red-backgrounded and smilin
 generate from the original and every tuned model on the same prompts and seeds and score them pairwise with the
 world's probes and CLIP (see spf_lib/world/fidelity.py for each metric). All rows are measured side by side in one
 run. Options (-o KEY=VALUE): steps, lora_steps, naive_lr, lr, rank, batch, n_ft, n_prompts, n_seeds, infer_steps,
-guidance, variants (comma list), base, probes, clip, workdir, threads.
+guidance, variants (comma list), base, probes, clip, workdir, threads, jobs (variants trained in parallel
+processes; train seconds are then measured under that contention).
 """
 
 from __future__ import annotations
@@ -50,6 +51,36 @@ def _train_adapter(method: str, spf_over: dict, base: Path, data: Path, out: Pat
     return Path(train(cfg).adapter_dir)
 
 
+def _train_variant(name: str, data: Path, out: Path, o: dict) -> tuple[str, float]:
+    """Train one variant (in a worker process when jobs > 1); returns (what to load, train seconds)."""
+    import torch
+
+    from spf_lib.world.finetune import finetune_naive
+
+    torch.set_num_threads(o["threads"])
+    method, over = VARIANTS[name]
+    t0 = time.perf_counter()
+    if method == "naive":
+        finetune_naive(o["base"], data, out, steps=o["steps"], lr=o["naive_lr"], batch=o["batch"], seed=o["seed"],
+                       threads=o["threads"])
+        return str(out / "unet"), time.perf_counter() - t0
+    adapter = _train_adapter(method, over, o["base"], data, out, o)
+    return str(adapter), time.perf_counter() - t0
+
+
+def _train_all(names: list[str], data: Path, work: Path, o: dict, jobs: int) -> dict[str, tuple[str, float]]:
+    """Variants are independent: with jobs > 1 they train side by side in spawned single-purpose processes."""
+    outs = {n: work / n.replace(" ", "_").replace("/", "") for n in names}
+    if jobs <= 1:
+        return {n: _train_variant(n, data, outs[n], o) for n in names}
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as ex:
+        futs = {n: ex.submit(_train_variant, n, data, outs[n], o) for n in names}
+        return {n: f.result() for n, f in futs.items()}
+
+
 def run(options: dict[str, str]) -> dict:
     import torch
     from diffusers import StableDiffusionPipeline, UNet2DConditionModel
@@ -57,17 +88,17 @@ def run(options: dict[str, str]) -> dict:
     from spf_lib.methods import load_adapter
     from spf_lib.world.clip import WorldClip
     from spf_lib.world.fidelity import generate_all, make_plan, score
-    from spf_lib.world.finetune import SPURIOUS, finetune_naive, make_finetune_set
+    from spf_lib.world.finetune import SPURIOUS, make_finetune_set
     from spf_lib.world.probes import Probes
 
     t_all = time.perf_counter()
     o = {
-        "steps": opt(options, "steps", 200), "lora_steps": opt(options, "lora_steps", 200),
-        "naive_lr": opt(options, "naive_lr", 1e-4), "lr": opt(options, "lr", 1e-3), "rank": opt(options, "rank", 4),
+        "steps": opt(options, "steps", 150), "lora_steps": opt(options, "lora_steps", 150),
+        "naive_lr": opt(options, "naive_lr", 2e-4), "lr": opt(options, "lr", 1e-3), "rank": opt(options, "rank", 4),
         "batch": opt(options, "batch", 8), "n_ft": opt(options, "n_ft", 48), "seed": opt(options, "seed", 0),
         "n_prompts": opt(options, "n_prompts", 12), "n_seeds": opt(options, "n_seeds", 4),
         "infer_steps": opt(options, "infer_steps", 20), "guidance": opt(options, "guidance", 4.0),
-        "threads": opt(options, "threads", 2),
+        "threads": opt(options, "threads", 2), "jobs": opt(options, "jobs", 1),
         "base": Path(opt(options, "base", str(ASSETS / "base"))), "probes": Path(opt(options, "probes", str(ASSETS / "probes"))),
         "clip": Path(opt(options, "clip", str(ASSETS / "clip"))),
     }
@@ -87,24 +118,17 @@ def run(options: dict[str, str]) -> dict:
     original = generate_all(pipe, plan)
     rows, figures = [], {"original": score(plan, original, original, probes, clip)}
     rows.append(["original"] + [figures["original"][k] for k in KEYS] + [0.0])
+    trained = _train_all(names, data, work, o, o["jobs"])
     for name in names:
-        method, over = VARIANTS[name]
-        log.info("fidelity: training %s", name)
-        t0 = time.perf_counter()
-        out = work / name.replace(" ", "_").replace("/", "")
-        if method == "naive":
-            finetune_naive(o["base"], data, out, steps=o["steps"], lr=o["naive_lr"], batch=o["batch"],
-                           seed=o["seed"], threads=o["threads"])
-            train_s = time.perf_counter() - t0
+        path, train_s = trained[name]
+        if VARIANTS[name][0] == "naive":
             tuned_pipe = StableDiffusionPipeline.from_pretrained(str(o["base"]), safety_checker=None)
-            tuned_pipe.unet = UNet2DConditionModel.from_pretrained(out / "unet")
+            tuned_pipe.unet = UNet2DConditionModel.from_pretrained(path)
             tuned_pipe.set_progress_bar_config(disable=True)
             tuned = generate_all(tuned_pipe, plan)
             del tuned_pipe
         else:
-            adapter = _train_adapter(method, over, o["base"], data, out, o)
-            train_s = time.perf_counter() - t0
-            handle = load_adapter(pipe, adapter)
+            handle = load_adapter(pipe, path)
             tuned = generate_all(pipe, plan)
             handle.disable()
             pipe.delete_adapters("spf")
@@ -116,7 +140,8 @@ def run(options: dict[str, str]) -> dict:
     notes = [f"pollution = probe-read base-attribute drift between original and tuned images on the same "
              f"{len(plan.prompts)} base prompts x {len(plan.seeds)} seeds; spurious in the fine-tuning set: {SPURIOUS}",
              f"steps naive={o['steps']} (lr {o['naive_lr']}), LoRA/SPF={o['lora_steps']} (lr {o['lr']}, rank {o['rank']}),"
-             f" batch {o['batch']}, {o['n_ft']} fine-tuning images; whole benchmark wall time {wall:.0f} s"]
+             f" batch {o['batch']}, {o['n_ft']} fine-tuning images, {o['jobs']} variant(s) trained in parallel; "
+             f"whole benchmark wall time {wall:.0f} s"]
     f = figures
     if "naive" in f and "spf" in f:
         pr = f["spf"]["attr_drift"] / max(f["naive"]["attr_drift"], 1e-9)
