@@ -30,9 +30,9 @@ class PretrainConfig:
     resolution: int = 64
     seed: int = 0
     threads: int = 2
-    vae_steps: int = 150
+    vae_steps: int = 1000
     vae_batch: int = 16
-    vae_lr: float = 1e-3
+    vae_lr: float = 2e-3
     vae_kl: float = 1e-6
     unet_steps: int = 1600
     batch: int = 16
@@ -41,7 +41,7 @@ class PretrainConfig:
     uncond_prob: float = 0.1
     text_hidden: int = 64
     unet_channels: tuple[int, ...] = (32, 64)
-    vae_channels: tuple[int, ...] = (16, 32, 32)
+    vae_channels: tuple[int, ...] = (8, 32, 32)
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
