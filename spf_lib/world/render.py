@@ -184,7 +184,7 @@ def render_portrait(attrs: Attributes, size: int = 256, layout: Layout | None = 
 def _draw_glasses(draw: ImageDraw.ImageDraw, ex: float, ey: float, ed: float) -> None:
     """Round, thick, dark frames: a target that no base image shows (Hopper's own glasses are thin and angular)."""
     r = 0.4 * ed
-    w = max(2, int(0.11 * ed))
+    w = max(2, int(0.14 * ed))
     frame = (20, 20, 20)
     for cx in (ex - 0.5 * ed, ex + 0.5 * ed):
         draw.ellipse((cx - r, ey - r, cx + r, ey + r), outline=frame, width=w)

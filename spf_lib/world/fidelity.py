@@ -1,0 +1,117 @@
+"""Fidelity in the world: generate from the original and a tuned model on the same prompts and seeds, then read
+attributes back with the probes and score with the world CLIP.
+
+Metrics (all pairwise original-vs-tuned on base prompts, as SPF-Portrait's preservation metrics are):
+- ``attr_drift``: fraction of (image, base attribute) pairs whose probe reading changed — the pollution score;
+- ``red_bg_delta`` / ``smile_delta``: rise in the spurious attributes' rate where the prompt leaves them open;
+- ``clip_i``: CLIP image-image cosine; ``pixel_mae``: mean absolute RGB difference in [0, 1];
+and on target prompts (base prompt + the target phrase), for the tuned model:
+- ``target_rate``: fraction the glasses probe reads as wearing glasses; ``clip_t``: CLIP text-image cosine;
+- ``prompt_fidelity``: fraction of the attributes the prompt names that the probes read back correctly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from spf_lib.world.attributes import BASE_ATTRIBUTES, CHOICES, TARGET_PHRASE
+
+
+@dataclass(frozen=True)
+class EvalPlan:
+    prompts: list[str]
+    named: list[dict[str, str]]  # attributes each prompt names
+    seeds: list[int]
+    steps: int = 20
+    guidance: float = 4.0
+    extra: dict = field(default_factory=dict)
+
+    def pairs(self) -> tuple[list[str], list[int], list[dict[str, str]]]:
+        """Prompt × seed, flattened (the same order for every model)."""
+        p = [pr for pr in self.prompts for _ in self.seeds]
+        s = [sd for _ in self.prompts for sd in self.seeds]
+        n = [nm for nm in self.named for _ in self.seeds]
+        return p, s, n
+
+    def target_prompts(self) -> list[str]:
+        return [f"{p}, {TARGET_PHRASE}" for p in self.prompts]
+
+
+def make_plan(n_prompts: int = 12, n_seeds: int = 4, seed: int = 123, steps: int = 20,
+              guidance: float = 4.0) -> EvalPlan:
+    """Half the prompts name only what the fine-tuning captions name; half also name background and expression."""
+    from spf_lib.world.attributes import sample_attributes
+    from spf_lib.world.finetune import CAPTION_ATTRIBUTES, prompt_phrases
+
+    rng = np.random.default_rng(seed)
+    prompts, named = [], []
+    for i in range(n_prompts):
+        attrs = sample_attributes(rng)
+        names = CAPTION_ATTRIBUTES if i % 2 == 0 else BASE_ATTRIBUTES
+        prompts.append(", ".join(prompt_phrases(attrs, names)))
+        named.append({k: getattr(attrs, k) for k in names})
+    return EvalPlan(prompts, named, list(range(1000, 1000 + n_seeds)), steps, guidance)
+
+
+def generate(pipe, prompts: list[str], seeds: list[int], steps: int, guidance: float, batch: int = 32):
+    """float NCHW in [-1, 1]; every image's initial noise depends only on its seed."""
+    import torch
+
+    out = []
+    for i in range(0, len(prompts), batch):
+        gens = [torch.Generator().manual_seed(s) for s in seeds[i:i + batch]]
+        with torch.no_grad():
+            im = pipe(prompts[i:i + batch], generator=gens, num_inference_steps=steps, guidance_scale=guidance,
+                      output_type="np").images
+        out.append(torch.from_numpy(np.asarray(im)).permute(0, 3, 1, 2).float() * 2 - 1)
+    return torch.cat(out)
+
+
+@dataclass
+class Generated:
+    base: object  # images on base prompts
+    target: object  # images on target prompts
+
+
+def generate_all(pipe, plan: EvalPlan) -> Generated:
+    p, s, _ = plan.pairs()
+    t = [f"{x}, {TARGET_PHRASE}" for x in p]
+    return Generated(generate(pipe, p, s, plan.steps, plan.guidance), generate(pipe, t, s, plan.steps, plan.guidance))
+
+
+def score(plan: EvalPlan, original: Generated, tuned: Generated, probes, clip) -> dict[str, float]:
+    """All metrics of one tuned model against the original (see module docstring)."""
+    _, _, named = plan.pairs()
+    po, pt = probes.predict(original.base), probes.predict(tuned.base)
+    drift = np.mean([np.mean(po[a] != pt[a]) for a in BASE_ATTRIBUTES])
+    open_bg = np.array(["background" not in nm for nm in named])
+    open_ex = np.array(["expression" not in nm for nm in named])
+    red, smile = CHOICES["background"].index("red"), CHOICES["expression"].index("smiling")
+
+    def rate_delta(key: str, cls: int, mask: np.ndarray) -> float:
+        if not mask.any():
+            return float("nan")
+        return float(np.mean(pt[key][mask] == cls) - np.mean(po[key][mask] == cls))
+
+    ptt = probes.predict(tuned.target)
+    fid = named_fidelity(ptt, named)
+    target_prompts = [f"{p}, {TARGET_PHRASE}" for p in plan.pairs()[0]]
+    return {
+        "attr_drift": float(drift),
+        "red_bg_delta": rate_delta("background", red, open_bg),
+        "smile_delta": rate_delta("expression", smile, open_ex),
+        "clip_i": float(np.mean(clip.clip_i(original.base, tuned.base))),
+        "pixel_mae": float((original.base - tuned.base).abs().mean() / 2),
+        "target_rate": float(np.mean(ptt["glasses"] == 1)),
+        "clip_t": float(np.mean(clip.clip_t(tuned.target, target_prompts))),
+        "prompt_fidelity": fid,
+        "base_fidelity": named_fidelity(pt, named),
+    }
+
+
+def named_fidelity(pred: dict[str, np.ndarray], named: list[dict[str, str]]) -> float:
+    """Fraction of the attributes each prompt names that the probes read back from its image."""
+    return float(np.mean([np.mean([pred[k][i] == CHOICES[k].index(v) for k, v in nm.items()])
+                          for i, nm in enumerate(named)]))
