@@ -2,11 +2,35 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import re
 import sys
 import warnings
 from pathlib import Path
+
+
+class _TaskLog(io.TextIOBase):
+    """Everything goes to the log file; the runner's own status lines are echoed to the terminal as progress."""
+
+    ECHO = re.compile(r"^\S.* - \w+ - (Running pipeline|Executing task|Task .* finished with status|Pipeline .* finished)")
+
+    def __init__(self, log_file: io.TextIOBase, terminal: io.TextIOBase) -> None:
+        self.log_file, self.terminal, self._line = log_file, terminal, ""
+
+    def write(self, text: str) -> int:
+        self.log_file.write(text)
+        self._line += text
+        *lines, self._line = self._line.split("\n")
+        for line in lines:
+            if self.ECHO.match(line):
+                self.terminal.write(line + "\n")
+                self.terminal.flush()
+        return len(text)
+
+    def flush(self) -> None:
+        self.log_file.flush()
 
 
 def run_local(params: dict, pipeline_root: str | Path, log_path: str | Path | None = None) -> dict:
@@ -34,7 +58,8 @@ def run_local(params: dict, pipeline_root: str | Path, log_path: str | Path | No
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
     log_file = open(log_path, "a", encoding="utf-8") if log_path else None  # noqa: SIM115
     try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(log_file or sys.stdout):
+        stream = _TaskLog(log_file, sys.stdout) if log_file else sys.stdout
+        with warnings.catch_warnings(), contextlib.redirect_stdout(stream):
             warnings.filterwarnings("ignore", message=".*non-Python base image.*")
             warnings.filterwarnings("ignore", message=".*have no effect in the current local runner.*")
             task = portrait_pipeline(**params)

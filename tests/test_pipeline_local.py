@@ -55,3 +55,33 @@ def test_pipeline_runs_end_to_end_and_model_loads_by_alias(workspace, method, mo
     img = Image.open(io.BytesIO(images[0]))
     assert img.size == (res, res)
     assert json.dumps(out["metrics"])  # metrics made it through as JSON
+
+
+def test_bad_data_stops_the_run_before_training(tmp_path, tiny_model_dir, monkeypatch):
+    """A dataset without usable faces fails the QA gate in `prepare`; `train` never starts; one clear error."""
+    import numpy as np
+    from PIL import Image
+
+    from pipelines.local import run_local
+    from spf_lib.data.dvc_io import track_dataset
+    from spf_lib.errors import SpfError
+
+    repo = tmp_path / "repo"
+    (repo / "data" / "images").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    lines = []
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 255, (128, 128, 3), dtype=np.uint8)).save(repo / "data" / "images" / f"{i}.png")
+        lines.append(json.dumps({"file": f"images/{i}.png", "caption": "a photo of a woman, red hair"}))
+    (repo / "data" / "captions.jsonl").write_text("\n".join(lines) + "\n")
+    rev, _ = track_dataset(repo, data_dir_name="data", remote_url=str(tmp_path / "remote"))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+
+    root, log = tmp_path / "root", tmp_path / "pipeline.log"
+    with pytest.raises(SpfError) as err:
+        run_local({"data_repo": str(repo), "data_rev": rev, "base_model": str(tiny_model_dir), "method": "lora",
+                   "prepare_config_json": json.dumps({"size": 64})}, root, log_path=log)
+    message = str(err.value)
+    assert "prepare-data" in message and str(log) in message
+    assert "no_face" in log.read_text() or "expect" in log.read_text()
+    assert not list(root.glob("*/train-model"))
