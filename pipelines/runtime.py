@@ -75,9 +75,9 @@ def train_launch_prefix(
         "--dynamo_backend", "no",
     ]
     prefix += ["--multi_gpu"]  # torchrun-style workers; on a CPU-only host they fall back to gloo
+    prefix += ["--main_process_port", str(main_process_port)]  # explicit: two jobs on one host must not collide
     if num_machines > 1:
-        prefix += ["--main_process_ip", str(main_process_ip), "--main_process_port", str(main_process_port),
-                   "--same_network"]
+        prefix += ["--main_process_ip", str(main_process_ip), "--same_network"]
     return [*prefix, "-m"]
 
 

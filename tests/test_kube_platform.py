@@ -5,6 +5,7 @@ No `from __future__ import annotations`: pipelines defined here need real annota
 
 import json
 import os
+import socket
 import subprocess
 import sys
 
@@ -175,8 +176,11 @@ def test_accelerate_launch_prefix_really_runs(tmp_path):
     probe.write_text("import os, json; print(json.dumps({k: os.environ.get(k) for k in ('RANK','WORLD_SIZE')}))\n")
     assert platform.train_launch_prefix(0) == [sys.executable, "-m"]  # 0 GPUs: one plain process
     # two processes on this CPU-only host stand in for two GPUs (same launcher, gloo instead of NCCL)
-    cmd = [*platform.train_launch_prefix(2), "probe_mod"]
-    out = subprocess.run(cmd, check=False, cwd=tmp_path, capture_output=True, text=True, timeout=120,
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    cmd = [*platform.train_launch_prefix(2, main_process_port=port), "probe_mod"]
+    out = subprocess.run(cmd, check=False, cwd=tmp_path, capture_output=True, text=True, timeout=300,
                          env={**os.environ, "PYTHONPATH": str(tmp_path)})
     assert out.returncode == 0, out.stderr[-2000:]
     ranks = sorted(json.loads(line)["RANK"] for line in out.stdout.splitlines() if line.startswith("{"))
