@@ -173,7 +173,10 @@ def test_launch_prefix_shapes():
 def test_accelerate_launch_prefix_really_runs(tmp_path):
     """The launcher prefix is a working command: accelerate starts the module with its distributed env."""
     probe = tmp_path / "probe_mod.py"
-    probe.write_text("import os, json; print(json.dumps({k: os.environ.get(k) for k in ('RANK','WORLD_SIZE')}))\n")
+    # each rank writes its own file: two processes printing at once can interleave on one stdout line
+    probe.write_text("import os, json, pathlib; r = os.environ.get('RANK'); "
+                     "pathlib.Path(f'rank-{r}.json').write_text(json.dumps({'RANK': r, 'WORLD_SIZE': "
+                     "os.environ.get('WORLD_SIZE')}))\n")
     assert platform.train_launch_prefix(0) == [sys.executable, "-m"]  # 0 GPUs: one plain process
     # two processes on this CPU-only host stand in for two GPUs (same launcher, gloo instead of NCCL)
     with socket.socket() as sock:
@@ -183,8 +186,8 @@ def test_accelerate_launch_prefix_really_runs(tmp_path):
     out = subprocess.run(cmd, check=False, cwd=tmp_path, capture_output=True, text=True, timeout=300,
                          env={**os.environ, "PYTHONPATH": str(tmp_path)})
     assert out.returncode == 0, out.stderr[-2000:]
-    ranks = sorted(json.loads(line)["RANK"] for line in out.stdout.splitlines() if line.startswith("{"))
-    assert ranks == ["0", "1"]
+    seen = [json.loads(p.read_text()) for p in sorted(tmp_path.glob("rank-*.json"))]
+    assert [s["RANK"] for s in seen] == ["0", "1"] and {s["WORLD_SIZE"] for s in seen} == {"2"}
 
 
 @pytest.mark.slow
