@@ -27,9 +27,8 @@ RETRY_OVERRIDES = {} if _RETRIES is None else {f"{s}_retries": int(_RETRIES)
 
 def pipeline_version() -> str:
     """``<package version>+g<short sha>`` (``.dirty`` when the tree has changes): the KFP pipeline version name."""
-    from spf_lib.lineage import code_revision
-
     from spf_lib import __version__
+    from spf_lib.lineage import code_revision
 
     rev = code_revision()
     if rev == "unknown":

@@ -7,7 +7,6 @@ import json
 from pathlib import Path
 
 import pytest
-
 from _identity_helpers import identity_cfg, make_identity_dataset, tiny_model
 
 

@@ -7,8 +7,13 @@ import json
 from pathlib import Path
 
 import pytest
-
-from _identity_helpers import STUB_ENCODER, identity_cfg, make_identity_dataset, register_stub_encoder, tiny_model
+from _identity_helpers import (
+    STUB_ENCODER,
+    identity_cfg,
+    make_identity_dataset,
+    register_stub_encoder,
+    tiny_model,
+)
 
 
 @pytest.fixture(scope="module")

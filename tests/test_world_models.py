@@ -95,11 +95,10 @@ def test_finetune_set_has_spurious_correlation_and_trainer_layout(tmp_path):
 def test_naive_finetune_changes_unet_and_fidelity_scores_it(base, tmp_path):
     from diffusers import StableDiffusionPipeline, UNet2DConditionModel
 
-    from spf_lib.world.clip import train_clip
+    from spf_lib.world.clip import WorldClip, train_clip
     from spf_lib.world.fidelity import generate_all, make_plan, score
     from spf_lib.world.finetune import finetune_naive, make_finetune_set
     from spf_lib.world.probes import Probes, train_probes
-    from spf_lib.world.clip import WorldClip
 
     data = make_finetune_set(tmp_path / "ft", n=4)
     out = finetune_naive(base, data, tmp_path / "naive", steps=2, lr=1e-2, batch=2, threads=1)

@@ -120,7 +120,6 @@ def evaluate(cfg: EvalConfig) -> EvalResult:
     from spf_lib.eval.pollution import diff_heatmap
     from spf_lib.eval.report import pair_grid, render_report
     from spf_lib.io import atomic_dir, write_json_atomic, write_text_atomic
-
     from spf_lib.methods import read_adapter_info
 
     _check_inputs(cfg)

@@ -147,7 +147,8 @@ class TinyCLIPConfig:
 def build_tiny_clip(cfg: TinyCLIPConfig | None = None, seed: int = 0):
     """Return (CLIPModel, CLIPProcessor-like pair) built locally; weights are random unless trained."""
     import torch
-    from transformers import CLIPConfig, CLIPImageProcessorPil as CLIPImageProcessor, CLIPModel, CLIPTextConfig, CLIPVisionConfig
+    from transformers import CLIPConfig, CLIPModel, CLIPTextConfig, CLIPVisionConfig
+    from transformers import CLIPImageProcessorPil as CLIPImageProcessor
 
     from spf_lib.models.tokenizer import build_tokenizer
 

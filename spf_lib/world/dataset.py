@@ -49,9 +49,8 @@ def render_arrays(
     if cache:
         from spf_lib.io import atomic_path
 
-        with atomic_path(path) as tmp:
-            with open(tmp, "wb") as f:
-                np.savez(f, images=images)
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:
+            np.savez(f, images=images)
     return images, attrs
 
 

@@ -43,7 +43,7 @@ SOURCES: dict[str, FaceSource] = {
 }
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def load_source(name: str) -> Image.Image:
     """The shipped photo as an RGB image (cached: both are read from installed packages, never downloaded)."""
     if name == "astronaut":
