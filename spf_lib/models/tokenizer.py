@@ -9,7 +9,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-PORTRAIT_WORDS: tuple[str, ...] = ["a", "photo", "of", "the", "face", "person", "portrait", "man", "woman", "with", "and", "in", "wearing", "on", "background", "studio", "close", "up", "up-close", "headshot", "smiling", "smile", "neutral", "serious", "expression", "looking", "at", "camera", "glasses", "round", "sunglasses", "hat", "beard", "moustache", "earrings", "necklace", "scarf", "hair", "blonde", "black", "brown", "red", "grey", "gray", "white", "blue", "green", "yellow", "pink", "purple", "orange", "dark", "light", "short", "long", "curly", "straight", "bald", "shirt", "jacket", "sweater", "dress", "suit", "tie", "collar", "coat", "curtain", "wall", "sky", "plain", "gradient", "outdoor", "indoor", "office", "street", "park", "brick", "wooden", "striped", "dotted", "skin", "tone", "pale", "tan", "olive", "young", "old", "astronaut", "uniform", "flag", "spacesuit", "officer", "navy", "admiral", "hopper", "grace", "eileen", "collins", "lit", "bright", "dim", "warm", "cool", "soft", "hard", "lighting", "high", "quality", "detailed", "sks", "v*", "person's", "face"]
+PORTRAIT_WORDS: tuple[str, ...] = (
+    "a photo of the face person portrait man woman with and in wearing on background studio close up "
+    "up-close headshot smiling smile neutral serious expression looking at camera glasses round sunglasses hat "
+    "beard moustache earrings necklace scarf hair blonde black brown red grey gray white blue green yellow pink "
+    "purple orange dark light short long curly straight bald shirt jacket sweater dress suit tie collar coat "
+    "curtain wall sky plain gradient outdoor indoor office street park brick wooden striped dotted "
+    "skin tone pale tan olive young old astronaut uniform flag spacesuit officer navy admiral hopper grace "
+    "eileen collins lit bright dim warm cool soft hard lighting high quality detailed sks v* person's face"
+).split()
 
 
 def _bytes_to_unicode() -> dict[int, str]:
