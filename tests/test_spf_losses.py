@@ -151,6 +151,30 @@ def test_alignment_losses_zero_for_identical_paths_positive_otherwise(trainer):
                     p.zero_()
 
 
+def test_preserve_loss_zero_at_init_positive_for_trained_adapter(trainer):
+    ctx, m = trainer.ctx, trainer.method
+    batch = trainer.source.batch(0)
+    torch.manual_seed(0)
+    noisy, _, t, _ = ctx.add_noise(ctx.encode_images(batch["pixel_values"]))
+    eps_ref, _ = m.dual_forward(ctx, noisy, t, batch["base_text"], batch["caption"])
+    assert float(m.preserve_loss(ctx, noisy, t, batch["base_text"], eps_ref)) == 0  # B = 0: adapter is identity
+    with torch.no_grad():
+        for n, p in ctx.unet.named_parameters():
+            if "lora_B" in n:
+                p.add_(0.05 * torch.randn_like(p))
+    try:
+        loss = m.preserve_loss(ctx, noisy, t, batch["base_text"], eps_ref)
+        assert float(loss) > 0
+        loss.backward()
+        assert any(p.grad is not None and p.grad.abs().sum() > 0 for n, p in ctx.unet.named_parameters() if "lora_B" in n)
+    finally:
+        with torch.no_grad():
+            for n, p in ctx.unet.named_parameters():
+                if "lora_B" in n:
+                    p.zero_()
+                p.grad = None
+
+
 def test_gradients_only_on_trainable_and_disabled_unet_unchanged(trainer):
     ctx = trainer.ctx
     unet = ctx.unet

@@ -116,7 +116,8 @@ def test_bf16_keeps_lora_fp32_and_grad_accum(env, tmp_path):
     tr = Trainer(base_cfg(tmp_path, model, data, method="spf", mixed_precision="bf16", grad_accum=2, steps=2, spf={"stage1_steps": 0},
                           validation={"enabled": False}))
     assert all(p.dtype == torch.float32 for p in tr.params)
-    assert base_cfg(tmp_path, model, data, method="spf", steps=5).spf.stage1_steps == 2  # default: half
+    assert base_cfg(tmp_path, model, data, method="spf", steps=5).spf.stage1_steps == 0  # default: align at once
+    assert base_cfg(tmp_path, model, data, method="spf", steps=5, spf={"stage1_steps": None}).spf.stage1_steps == 2  # None: half
     frozen = [p for n, p in tr.ctx.unet.named_parameters() if "lora_" not in n]
     assert frozen and all(p.dtype == torch.bfloat16 for p in frozen)
     logs = tr.train_step()

@@ -46,25 +46,31 @@ class SpfOptions(_Strict):
     """SPF-Portrait stage 2 (dual-path alignment). Every loss and the SFCM can be switched off (ablation rows)."""
 
     stage1_steps: int | None = Field(
-        None, ge=0, description="Optimizer steps of plain LoRA fine-tuning before stage 2; None = half of `steps` "
-        "(the paper's v3: fine-tune, then align)")
+        0, ge=0, description="Optimizer steps of plain LoRA fine-tuning before stage 2; None = half of `steps` "
+        "(the paper's v3: fine-tune, then align); default 0 = align from the start (docs/method.md, measured)")
     w_diffusion: float = Field(1.0, ge=0)
     use_text: bool = True
     w_text: float = Field(1.0, ge=0, description="λ for L_text-consistent")
     use_fine: bool = True
     w_fine: float = Field(0.1, ge=0, description="λ for L_fine-grained")
     use_enhanced: bool = True
-    w_enhanced: float = Field(0.05, ge=0, description="λ for L_enhanced")
+    w_enhanced: float = Field(5e-4, ge=0, description="λ for L_enhanced (its CLIP gradient is ~100x L_diff's)")
+    use_preserve: bool = Field(True, description="Our addition: tuned model on the BASE text matches the original "
+                               "(docs/method.md, measured in the small world)")
+    w_preserve: float = Field(10.0, ge=0, description="λ for L_preserve")
     use_sfcm: bool = Field(True, description="False = gate 1 everywhere (the paper's over-alignment ablation)")
     capture_layers: list[str] = Field(default_factory=lambda: ["*attn2"],
                                       description="fnmatch patterns over UNet attention module names to capture")
-    text_include_special: bool = Field(True, description="Align BOS/EOS/padding maps too (the paper: 'and padding')")
+    text_include_special: bool = Field(False, description="Align BOS/EOS/padding maps too (the paper: 'and padding'); "
+                                      "off: after the target phrase they encode the target (docs/method.md)")
     sfcm_phrase_weighting: Literal["distance", "uniform"] = "distance"
     sfcm_blur: int = Field(0, ge=0, le=7, description="Box-blur radius (latent pixels) applied to the SFCM")
     image_embedder: str | None = Field(
         None, description="CLIP model folder/hub id for L_enhanced; None = latent-pool fallback (no VAE decode)")
-    enh_direction: Literal["image", "text"] = Field(
-        "image", description="Supervision direction: ground-truth image shift, or CLIP text shift (needs CLIPModel)")
+    enh_direction: Literal["auto", "image", "text"] = Field(
+        "auto", description="Supervision direction: ground-truth image shift, or CLIP text shift (needs CLIPModel); "
+        "auto = text when image_embedder has a text tower, else image (docs/method.md: the image shift also carries "
+        "the fine-tuning set's spurious attributes)")
     enh_max_timestep: int = Field(700, ge=1, le=1000, description="L_enhanced only where t < this (x̂0 is noise above)")
 
 

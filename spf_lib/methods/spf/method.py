@@ -28,6 +28,7 @@ class SpfMethod(LoraMethod):
         self.mapper = None
         self.embedder = None
         self._text_emb: dict[str, torch.Tensor] = {}
+        self.enh_direction = "image"  # resolved in setup ("auto" -> text when the embedder has a text tower)
 
     def setup(self, ctx: TrainContext) -> list:
         from spf_lib.methods.spf.embedder import build_embedder
@@ -47,6 +48,8 @@ class SpfMethod(LoraMethod):
                 from spf_lib.errors import SpfError
 
                 raise SpfError("spf.enh_direction='text' needs spf.image_embedder = a CLIPModel folder with a tokenizer")
+            auto_text = o.enh_direction == "auto" and self.embedder.has_text
+            self.enh_direction = "text" if o.enh_direction == "text" or auto_text else "image"
         return params
 
     # -- the two paths ----------------------------------------------------------------------------------------
@@ -96,6 +99,10 @@ class SpfMethod(LoraMethod):
             l_fine = self.fine_loss(mask)
             total = total + o.w_fine * l_fine
             logs["loss_fine"] = float(l_fine.detach())
+        if o.use_preserve:
+            l_pres = self.preserve_loss(ctx, noisy, t, batch["base_text"], eps_ref)
+            total = total + o.w_preserve * l_pres
+            logs["loss_preserve"] = float(l_pres.detach())
         if o.use_enhanced:
             l_enh = self.enhanced(ctx, batch, noisy, t, latents, eps_res, eps_ref)
             total = total + o.w_enhanced * l_enh
@@ -161,6 +168,19 @@ class SpfMethod(LoraMethod):
         return torch.stack([L.fine_grained_loss(res[n].query, c.query, L.gate_for(mask, c.hw))
                             for n, c in ref.items()]).mean()
 
+    def preserve_loss(self, ctx: TrainContext, noisy, t, base_text: list[str], eps_ref) -> torch.Tensor:
+        """Our addition (docs/method.md): the tuned model fed the BASE text must predict what the original does.
+
+        Semantic pollution is measured on prompts WITHOUT the target; the paper's losses only constrain the
+        response path (base + target text), so nothing stops the adapter from changing base prompts. Ungated: with
+        no target in the text there is no region the adapter may legitimately change.
+        """
+        store = self.store
+        if store is not None:
+            store.mode = None  # keep the captured response maps of this step intact
+        eps_base = ctx.unet(noisy, t, encoder_hidden_states=ctx.encode_text(list(base_text)), return_dict=False)[0]
+        return torch.nn.functional.mse_loss(eps_base.float(), eps_ref.detach().float())
+
     def enhanced(self, ctx: TrainContext, batch, noisy, t, latents, eps_res, eps_ref) -> torch.Tensor:
         valid = t < self.o.enh_max_timestep
         if not bool(valid.any()):
@@ -170,7 +190,7 @@ class SpfMethod(LoraMethod):
         with torch.no_grad():
             x0_ref = L.predict_x0(noisy, eps_ref, t, ctx.noise_scheduler)
             e_ref = emb.embed_latents(x0_ref, ctx.vae)
-            if self.o.enh_direction == "text":
+            if self.enh_direction == "text":
                 direction = emb.text_direction(batch["base_text"], batch["caption"])
             else:
                 e_gt = emb.embed_pixels(batch["pixel_values"], ctx.vae, latents=latents)
