@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from spf_lib.methods.celeb_basis.options import TRIGGER_RE
+from spf_lib.methods.celeb_basis.options import Trigger
 
 
 class BeyondInsertingOptions(BaseModel):
@@ -18,19 +18,12 @@ class BeyondInsertingOptions(BaseModel):
     value_mode: Literal["direct", "encoded"] = Field(
         "direct", description="direct: V token used as the value input at V*'s position (V → W_v); encoded: V "
                               "token also goes through the frozen text transformer")
-    trigger: str = Field("sks", description="Prompt word that stands for the identity")
+    trigger: Trigger = Field("sks", description="Prompt word that stands for the identity")
     template: str = Field("a photo of the face of {}", description="Learned prompt; {} becomes V*")
     reference_prompt: str = Field("a photo of the face of person", description="Prompt whose word maps supervise V*")
     reference_word: str = Field("person", description="Word of the reference prompt V*'s maps are aligned with")
     heads: int = Field(4, ge=1, description="Heads of the token module's self-attention (must divide the width)")
     layers: int = Field(1, ge=1, le=4, description="Self-attention layers in the token module")
-
-    @field_validator("trigger")
-    @classmethod
-    def _trigger(cls, v: str) -> str:
-        if not TRIGGER_RE.match(v):
-            raise ValueError(f"trigger={v!r}: must be one lower-case word of letters/digits")
-        return v
 
     @field_validator("template")
     @classmethod

@@ -3,13 +3,23 @@
 from __future__ import annotations
 
 import re
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from spf_lib.errors import SpfError
 
 TRIGGER_RE = re.compile(r"^[a-z][a-z0-9]*$")
+
+
+def check_trigger(v: str) -> str:
+    """A trigger is one lower-case word, so prompts can find and rewrite it unambiguously."""
+    if not TRIGGER_RE.match(v):
+        raise ValueError(f"trigger={v!r}: must be one lower-case word of letters/digits")
+    return v
+
+
+Trigger = Annotated[str, AfterValidator(check_trigger)]
 DEFAULT_TEMPLATES = ["a photo of {}", "a portrait of {}", "a close up photo of {}", "a photo of the face of {}"]
 
 
@@ -22,17 +32,10 @@ class CelebBasisOptions(BaseModel):
         "mean", description="Name words that are several tokens: average them, take the first, or drop the name")
     face_encoder: str = Field("dlib", description="'dlib', a path to an ArcFace/CosFace .onnx, or a registered name")
     negative_slope: float = Field(0.2, ge=0, description="LeakyReLU slope after the linear layer")
-    trigger: str = Field("sks", description="Prompt word of the identity when the manifest has no identity column")
+    trigger: Trigger = Field("sks", description="Prompt word of the identity when the manifest has no identity column")
     identity_column: str = Field("identity", description="Manifest column naming each row's identity (optional)")
     templates: list[str] = Field(default_factory=lambda: list(DEFAULT_TEMPLATES),
                                  description="Training prompts; {} becomes the identity's two placeholder tokens")
-
-    @field_validator("trigger")
-    @classmethod
-    def _trigger(cls, v: str) -> str:
-        if not TRIGGER_RE.match(v):
-            raise ValueError(f"trigger={v!r}: must be one lower-case word of letters/digits")
-        return v
 
     @field_validator("templates")
     @classmethod
