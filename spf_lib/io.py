@@ -69,3 +69,17 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
 
 def sha256_json(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def read_json_object(path: str | Path, *, label: str | None = None, expect: str = "a JSON object") -> dict:
+    """Parse a JSON file that must hold an object; bad content is one SpfError naming ``label`` (default: the path)."""
+    from spf_lib.errors import SpfError
+
+    prefix = label or str(path)
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise SpfError(f"{prefix}: not valid JSON ({e.msg} at line {e.lineno})") from e
+    if not isinstance(data, dict):
+        raise SpfError(f"{prefix}: expected {expect}")
+    return data

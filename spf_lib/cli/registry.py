@@ -22,15 +22,11 @@ def _kv(pairs: list[str] | None) -> dict[str, str]:
 
 
 def _load_json(path: Path, flag: str) -> dict:
+    from spf_lib.io import read_json_object
+
     if not path.is_file():
         raise SpfError(f"{flag} {path}: no such file")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise SpfError(f"{flag} {path}: not valid JSON ({e.msg} at line {e.lineno})") from e
-    if not isinstance(data, dict):
-        raise SpfError(f"{flag} {path}: expected a JSON object")
-    return data
+    return read_json_object(path, label=f"{flag} {path}")
 
 
 def register(

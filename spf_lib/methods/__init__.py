@@ -6,12 +6,12 @@ SAME pipeline between original (adapter disabled) and tuned, so evaluation never
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from spf_lib.errors import SpfError
+from spf_lib.io import read_json_object
 
 METHODS = ("lora", "spf", "celeb-basis", "beyond-inserting")
 ADAPTER_INFO = "adapter_info.json"
@@ -47,10 +47,7 @@ def read_adapter_info(adapter_dir: str | Path) -> dict:
     path = Path(adapter_dir) / ADAPTER_INFO
     if not path.is_file():
         raise SpfError(f"{path}: missing; not an adapter folder written by `spf train`")
-    try:
-        info = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise SpfError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from e
+    info = read_json_object(path)
     if info.get("format") not in ("lora",) and not info.get("loader"):
         raise SpfError(f"{path}: unknown adapter format {info.get('format')!r}")
     return info

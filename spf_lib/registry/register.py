@@ -210,15 +210,9 @@ def _check_name(name: str) -> str:
 
 
 def _read_json(path: Path) -> dict:
-    import json
+    from spf_lib.io import read_json_object
 
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise SpfError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from e
-    if not isinstance(data, dict):
-        raise SpfError(f"{path}: expected a JSON object of metric name -> number")
-    return data
+    return read_json_object(path, expect="a JSON object of metric name -> number")
 
 
 def _q(text: str) -> str:
