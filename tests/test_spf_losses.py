@@ -70,6 +70,29 @@ def test_sfcm_subtracts_far_phrases_and_stays_in_unit_range():
     assert near[0, :, :2].min() == 1                                 # a phrase close to the target is kept
 
 
+def test_sfcm_quantile_norm_saturates_the_whole_target_region():
+    """Min-max lets one hot pixel set the scale; the quantile norm gives every clearly responding pixel M = 1."""
+    n = torch.zeros(1, 8, 8)
+    n[0, 2:4, 2:6] = 0.5                        # an 8-pixel target response ...
+    n[0, 3, 3] = 1.0                            # ... with one hot pixel
+    none = torch.zeros(1, 0, 8, 8)
+    mm = L.sfcm(n, none, torch.zeros(1, 0))
+    q = L.sfcm(n, none, torch.zeros(1, 0), quantile=0.85)
+    region = n[0] > 0
+    assert mm[0][region].mean() < 0.6 and q[0][region].min() == 1
+    assert q[0][~region].max() == 0 and q.max() <= 1
+
+
+def test_max_pool_gate_frees_a_low_res_cell_holding_a_small_target():
+    mask = torch.zeros(1, 16, 16)
+    mask[0, 6, 6] = 1.0                         # one latent pixel responds
+    area = L.gate_for(mask, (4, 4)).view(4, 4)
+    mx = L.gate_for(mask, (4, 4), "max").view(4, 4)
+    assert area[1, 1] > 0.9                     # averaged away: that cell is still aligned
+    assert mx[1, 1] == 0 and mx.sum() == 15     # freed, and only that cell
+    assert torch.equal(L.gate_for(mask, (16, 16), "max"), L.gate_for(mask, (16, 16)))
+
+
 def test_enhanced_loss_zero_when_shift_matches_direction():
     e_ref = torch.randn(3, 16)
     d = torch.randn(3, 16)
@@ -168,6 +191,40 @@ def test_preserve_loss_zero_at_init_positive_for_trained_adapter(trainer):
         loss.backward()
         assert any(p.grad is not None and p.grad.abs().sum() > 0 for n, p in ctx.unet.named_parameters() if "lora_B" in n)
     finally:
+        with torch.no_grad():
+            for n, p in ctx.unet.named_parameters():
+                if "lora_B" in n:
+                    p.zero_()
+                p.grad = None
+
+
+def test_preserve_loss_covers_the_unconditional_branch(trainer):
+    """With preserve_uncond_frac = 1 the loss is exactly tuned-vs-original on the empty prompt (CFG's other branch)."""
+    ctx, m = trainer.ctx, trainer.method
+    batch = trainer.source.batch(0)
+    torch.manual_seed(0)
+    noisy, _, t, _ = ctx.add_noise(ctx.encode_images(batch["pixel_values"]))
+    eps_ref, _ = m.dual_forward(ctx, noisy, t, batch["base_text"], batch["caption"])
+    saved = m.o
+    with torch.no_grad():
+        for n, p in ctx.unet.named_parameters():
+            if "lora_B" in n:
+                p.add_(0.05 * torch.randn_like(p))
+    try:
+        m.o = saved.model_copy(update={"preserve_uncond_frac": 1.0})
+        got = float(m.preserve_loss(ctx, noisy, t, batch["base_text"], eps_ref))
+        empty = ctx.encode_text([""] * noisy.shape[0])
+        with torch.no_grad():
+            tuned = ctx.unet(noisy, t, encoder_hidden_states=empty, return_dict=False)[0]
+            m.switch.set(False)
+            orig = ctx.unet(noisy, t, encoder_hidden_states=empty, return_dict=False)[0]
+            m.switch.set(True)
+        want = float(torch.nn.functional.mse_loss(tuned, orig))
+        assert want > 0 and got == pytest.approx(want, rel=1e-5)
+        m.o = saved  # frac 0: the base-text loss, a different number
+        assert float(m.preserve_loss(ctx, noisy, t, batch["base_text"], eps_ref)) != pytest.approx(want, rel=1e-3)
+    finally:
+        m.o = saved
         with torch.no_grad():
             for n, p in ctx.unet.named_parameters():
                 if "lora_B" in n:

@@ -58,6 +58,8 @@ class SpfOptions(_Strict):
     use_preserve: bool = Field(True, description="Our addition: tuned model on the BASE text matches the original "
                                "(docs/method.md, measured in the small world)")
     w_preserve: float = Field(10.0, ge=0, description="λ for L_preserve")
+    preserve_uncond_frac: float = Field(0.0, ge=0, le=1, description="Fraction of the L_preserve batch fed the "
+                                        "empty prompt (classifier-free guidance's unconditional branch)")
     use_sfcm: bool = Field(True, description="False = gate 1 everywhere (the paper's over-alignment ablation)")
     capture_layers: list[str] = Field(default_factory=lambda: ["*attn2"],
                                       description="fnmatch patterns over UNet attention module names to capture")
@@ -65,6 +67,10 @@ class SpfOptions(_Strict):
                                       "off: after the target phrase they encode the target (docs/method.md)")
     sfcm_phrase_weighting: Literal["distance", "uniform"] = "distance"
     sfcm_blur: int = Field(0, ge=0, le=7, description="Box-blur radius (latent pixels) applied to the SFCM")
+    sfcm_gate_pool: Literal["area", "max"] = Field("area", description="How the SFCM is downsampled to a "
+                                                   "low-resolution layer: cell mean or cell max (docs/method.md)")
+    sfcm_quantile: float | None = Field(None, gt=0, lt=1, description="Normalise the SFCM by this per-sample quantile "
+                                        "(clip at 1) instead of min-max; docs/method.md")
     image_embedder: str | None = Field(
         None, description="CLIP model folder/hub id for L_enhanced; None = latent-pool fallback (no VAE decode)")
     enh_direction: Literal["auto", "image", "text"] = Field(

@@ -37,12 +37,16 @@ def phrase_maps(layers: list[tuple[torch.Tensor, tuple[int, int]]], token_weight
     return acc / max(1, len(layers))
 
 
-def sfcm(noise_diff: torch.Tensor, phrase_maps: torch.Tensor, weights: torch.Tensor, blur: int = 0) -> torch.Tensor:
+def sfcm(noise_diff: torch.Tensor, phrase_maps: torch.Tensor, weights: torch.Tensor, blur: int = 0,
+         quantile: float | None = None) -> torch.Tensor:
     """Semantic-Aware Fine Control Map M ∈ [0, 1], (B, h, w).
 
-    M = minmax(ReLU(N − Σ_p D_p · minmax(A_p))). ``phrase_maps`` (B, P, h, w) are the base phrases' attention maps,
+    M = norm(ReLU(N − Σ_p D_p · minmax(A_p))). ``phrase_maps`` (B, P, h, w) are the base phrases' attention maps,
     ``weights`` (B, P) their text-space distances D_p to the target (0 for padding phrases). Far-from-target
     phrases are subtracted fully; near-target ones barely, since the target may legitimately change them.
+    norm = min-max (``quantile`` None), or divide by the per-sample ``quantile`` of the residual and clip at 1: with
+    min-max one hot pixel sets the scale and the rest of the target region keeps a gate near 1 (measured: M ≈ 0.2
+    on the glasses region), so the alignment losses still pull the target back there.
     """
     n = noise_diff.float()
     if phrase_maps.numel():
@@ -53,13 +57,24 @@ def sfcm(noise_diff: torch.Tensor, phrase_maps: torch.Tensor, weights: torch.Ten
     if blur:
         k = 2 * blur + 1
         m = F.avg_pool2d(m[:, None], k, stride=1, padding=blur, count_include_pad=False)[:, 0]
-    return minmax(m).detach()
+    if quantile is None:
+        return minmax(m).detach()
+    scale = torch.quantile(m.flatten(1), quantile, dim=1).clamp_min(1e-8)
+    return (m / scale[:, None, None]).clamp(max=1.0).detach()
 
 
-def gate_for(mask: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
-    """(1 − M) resized (area average) to a layer's (h, w), flattened to (B, N)."""
-    g = 1.0 - F.interpolate(mask[:, None].float(), size=hw, mode="area")[:, 0]
-    return g.flatten(1)
+def gate_for(mask: torch.Tensor, hw: tuple[int, int], pool: str = "area") -> torch.Tensor:
+    """(1 − M) resized to a layer's (h, w), flattened to (B, N).
+
+    ``pool="max"``: a low-resolution cell is freed as much as the most target-responsive latent pixel inside it
+    (area averaging dilutes a small target region away at 8×8 / 4×4 layers); "area": the cell's mean.
+    """
+    m = mask[:, None].float()
+    if pool == "max" and tuple(m.shape[-2:]) != tuple(hw):
+        m = F.adaptive_max_pool2d(m, hw)
+    else:
+        m = F.interpolate(m, size=hw, mode="area")
+    return (1.0 - m[:, 0]).flatten(1)
 
 
 def text_consistent_loss(p_res: torch.Tensor, p_ref: torch.Tensor, idx_res: torch.Tensor, idx_ref: torch.Tensor,

@@ -144,7 +144,7 @@ class SpfMethod(LoraMethod):
                     tok_w[i, k, pos] = 1.0 / len(pos)
                     weights[i, k] = dist[k]
         maps = L.phrase_maps([(c.probs.detach(), c.hw) for c in ref.values()], tok_w.to(dev), (h, w))
-        return L.sfcm(L.noise_difference(eps_res, eps_ref), maps, weights.to(dev), self.o.sfcm_blur)
+        return L.sfcm(L.noise_difference(eps_res, eps_ref), maps, weights.to(dev), self.o.sfcm_blur, self.o.sfcm_quantile)
 
     def text_loss(self, batch, mask) -> torch.Tensor:
         ref, res = self.store.maps["ref"], self.store.maps["res"]
@@ -159,13 +159,13 @@ class SpfMethod(LoraMethod):
             idx_ref[i, :len(a)] = torch.tensor(a)
             idx_res[i, :len(r)] = torch.tensor(r)
             valid[i, :len(a)] = True
-        terms = [L.text_consistent_loss(res[n].probs, c.probs, idx_res, idx_ref, valid, L.gate_for(mask, c.hw))
+        terms = [L.text_consistent_loss(res[n].probs, c.probs, idx_res, idx_ref, valid, L.gate_for(mask, c.hw, self.o.sfcm_gate_pool))
                  for n, c in ref.items()]
         return torch.stack(terms).mean()
 
     def fine_loss(self, mask) -> torch.Tensor:
         ref, res = self.store.maps["ref"], self.store.maps["res"]
-        return torch.stack([L.fine_grained_loss(res[n].query, c.query, L.gate_for(mask, c.hw))
+        return torch.stack([L.fine_grained_loss(res[n].query, c.query, L.gate_for(mask, c.hw, self.o.sfcm_gate_pool))
                             for n, c in ref.items()]).mean()
 
     def preserve_loss(self, ctx: TrainContext, noisy, t, base_text: list[str], eps_ref) -> torch.Tensor:
@@ -178,7 +178,20 @@ class SpfMethod(LoraMethod):
         store = self.store
         if store is not None:
             store.mode = None  # keep the captured response maps of this step intact
-        eps_base = ctx.unet(noisy, t, encoder_hidden_states=ctx.encode_text(list(base_text)), return_dict=False)[0]
+        texts = list(base_text)
+        k = round(self.o.preserve_uncond_frac * len(texts))
+        if k:
+            # classifier-free guidance also runs the empty prompt: an adapter that moves it moves every base prompt
+            texts[-k:] = [""] * k
+            with torch.no_grad():
+                self.switch.set(False)
+                try:
+                    eps_u = ctx.unet(noisy[-k:], t[-k:], encoder_hidden_states=ctx.encode_text([""] * k),
+                                     return_dict=False)[0]
+                finally:
+                    self.switch.set(True)
+            eps_ref = torch.cat([eps_ref[:len(texts) - k], eps_u])
+        eps_base = ctx.unet(noisy, t, encoder_hidden_states=ctx.encode_text(texts), return_dict=False)[0]
         return torch.nn.functional.mse_loss(eps_base.float(), eps_ref.detach().float())
 
     def enhanced(self, ctx: TrainContext, batch, noisy, t, latents, eps_res, eps_ref) -> torch.Tensor:
