@@ -31,6 +31,8 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "spf w/o L_fine": ("spf", {"use_fine": False}),
     "spf w/o L_enh": ("spf", {"use_enhanced": False}),
     "spf w/o SFCM": ("spf", {"use_sfcm": False}),
+    "spf w/o L_out": ("spf", {"use_out": False}),  # our additions (docs/method.md), each switched off
+    "spf w/o L_preserve": ("spf", {"use_preserve": False}),
 }
 COLUMNS = ["method", "pollution↓", "red-bg Δ↓", "smile Δ↓", "CLIP-I↑", "MAE↓", "target↑", "CLIP-T↑", "fidelity↑",
            "train s"]
@@ -93,12 +95,12 @@ def run(options: dict[str, str]) -> dict:
 
     t_all = time.perf_counter()
     o = {
-        "steps": opt(options, "steps", 150), "lora_steps": opt(options, "lora_steps", 150),
-        "naive_lr": opt(options, "naive_lr", 2e-4), "lr": opt(options, "lr", 1e-3), "rank": opt(options, "rank", 4),
+        "steps": opt(options, "steps", 300), "lora_steps": opt(options, "lora_steps", 300),
+        "naive_lr": opt(options, "naive_lr", 2e-4), "lr": opt(options, "lr", 3e-3), "rank": opt(options, "rank", 4),
         "batch": opt(options, "batch", 8), "n_ft": opt(options, "n_ft", 48), "seed": opt(options, "seed", 0),
         "n_prompts": opt(options, "n_prompts", 12), "n_seeds": opt(options, "n_seeds", 4),
         "infer_steps": opt(options, "infer_steps", 20), "guidance": opt(options, "guidance", 4.0),
-        "threads": opt(options, "threads", 2), "jobs": opt(options, "jobs", 1),
+        "threads": opt(options, "threads", 1), "jobs": opt(options, "jobs", 2),
         "base": Path(opt(options, "base", str(ASSETS / "base"))), "probes": Path(opt(options, "probes", str(ASSETS / "probes"))),
         "clip": Path(opt(options, "clip", str(ASSETS / "clip"))),
     }

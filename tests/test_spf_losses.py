@@ -93,6 +93,18 @@ def test_max_pool_gate_frees_a_low_res_cell_holding_a_small_target():
     assert torch.equal(L.gate_for(mask, (16, 16), "max"), L.gate_for(mask, (16, 16)))
 
 
+def test_output_alignment_frees_exactly_the_sfcm_region():
+    ref = torch.randn(2, 4, 8, 8)
+    mask = torch.zeros(2, 8, 8)
+    mask[:, 2:4, 3:6] = 1.0
+    inside = ref + 3.0 * mask[:, None]
+    outside = ref + 3.0 * (1 - mask[:, None])
+    assert L.output_alignment_loss(inside, ref, mask) == 0
+    assert L.output_alignment_loss(outside, ref, mask) > 0
+    no_sfcm = torch.zeros_like(mask)                      # use_sfcm=false: align the whole prediction
+    assert torch.isclose(L.output_alignment_loss(inside, ref, no_sfcm), ((inside - ref) ** 2).mean())
+
+
 def test_enhanced_loss_zero_when_shift_matches_direction():
     e_ref = torch.randn(3, 16)
     d = torch.randn(3, 16)
@@ -230,6 +242,26 @@ def test_preserve_loss_covers_the_unconditional_branch(trainer):
                 if "lora_B" in n:
                     p.zero_()
                 p.grad = None
+
+
+def test_stage1_trains_the_caption_and_preserves_the_base_text(trainer):
+    """Stage 1 with L_preserve: at init (adapter = identity) the loss IS the diffusion loss; the preserve term is
+    logged, and without preservation stage 1 is plain LoRA."""
+    ctx, m = trainer.ctx, trainer.method
+    batch = trainer.source.batch(0)
+    saved = m.o
+    try:
+        m.o = saved.model_copy(update={"stage1_steps": 5})
+        state = ctx.generator.get_state()
+        loss, logs = m.compute_loss(ctx, batch, 0)
+        assert logs["stage"] == 1.0 and logs["loss_preserve"] == 0.0
+        assert float(loss) == pytest.approx(logs["loss_diffusion"], rel=1e-6)
+        m.o = saved.model_copy(update={"stage1_steps": 5, "preserve_in_stage1": False})
+        ctx.generator.set_state(state)
+        loss2, logs2 = m.compute_loss(ctx, batch, 0)
+        assert "loss_preserve" not in logs2 and float(loss2) == pytest.approx(float(loss), rel=1e-6)
+    finally:
+        m.o = saved
 
 
 def test_gradients_only_on_trainable_and_disabled_unet_unchanged(trainer):

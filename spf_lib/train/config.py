@@ -55,10 +55,14 @@ class SpfOptions(_Strict):
     w_fine: float = Field(0.1, ge=0, description="λ for L_fine-grained")
     use_enhanced: bool = True
     w_enhanced: float = Field(5e-4, ge=0, description="λ for L_enhanced (its CLIP gradient is ~100x L_diff's)")
+    use_out: bool = Field(True, description="Our addition: SFCM-gated alignment of the response path's noise "
+                          "prediction with the reference's (L_fine at the output, docs/method.md)")
+    w_out: float = Field(1.0, ge=0, description="λ for L_out")
     use_preserve: bool = Field(True, description="Our addition: tuned model on the BASE text matches the original "
                                "(docs/method.md, measured in the small world)")
-    w_preserve: float = Field(10.0, ge=0, description="λ for L_preserve")
-    preserve_uncond_frac: float = Field(0.0, ge=0, le=1, description="Fraction of the L_preserve batch fed the "
+    w_preserve: float = Field(5.0, ge=0, description="λ for L_preserve")
+    preserve_in_stage1: bool = Field(True, description="Apply L_preserve during stage 1 too (docs/method.md)")
+    preserve_uncond_frac: float = Field(0.5, ge=0, le=1, description="Fraction of the L_preserve batch fed the "
                                         "empty prompt (classifier-free guidance's unconditional branch)")
     use_sfcm: bool = Field(True, description="False = gate 1 everywhere (the paper's over-alignment ablation)")
     capture_layers: list[str] = Field(default_factory=lambda: ["*attn2"],
@@ -67,9 +71,9 @@ class SpfOptions(_Strict):
                                       "off: after the target phrase they encode the target (docs/method.md)")
     sfcm_phrase_weighting: Literal["distance", "uniform"] = "distance"
     sfcm_blur: int = Field(0, ge=0, le=7, description="Box-blur radius (latent pixels) applied to the SFCM")
-    sfcm_gate_pool: Literal["area", "max"] = Field("area", description="How the SFCM is downsampled to a "
+    sfcm_gate_pool: Literal["area", "max"] = Field("max", description="How the SFCM is downsampled to a "
                                                    "low-resolution layer: cell mean or cell max (docs/method.md)")
-    sfcm_quantile: float | None = Field(None, gt=0, lt=1, description="Normalise the SFCM by this per-sample quantile "
+    sfcm_quantile: float | None = Field(0.9, gt=0, lt=1, description="Normalise the SFCM by this per-sample quantile "
                                         "(clip at 1) instead of min-max; docs/method.md")
     image_embedder: str | None = Field(
         None, description="CLIP model folder/hub id for L_enhanced; None = latent-pool fallback (no VAE decode)")

@@ -97,6 +97,17 @@ def fine_grained_loss(q_res: torch.Tensor, q_ref: torch.Tensor, gate: torch.Tens
     return (((q_res.float() - q_ref.detach().float()) ** 2) * gate[:, :, None]).mean()
 
 
+def output_alignment_loss(eps_res: torch.Tensor, eps_ref: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """L_out: mean_{b,c,h,w} (1 − M) · (ε_res − sg(ε_ref))², at latent resolution.
+
+    L_fine's gate acts on 8×8 / 4×4 cross-attention features, whose receptive fields mix the target region with
+    everything around it, so even a perfect M there cannot spare the target (measured, docs/method.md). The noise
+    prediction has the SFCM's own resolution: here M frees exactly the latent pixels where the target responds.
+    """
+    gate = (1.0 - mask.float())[:, None]
+    return (((eps_res.float() - eps_ref.detach().float()) ** 2) * gate).mean()
+
+
 def predict_x0(noisy: torch.Tensor, model_out: torch.Tensor, t: torch.Tensor, scheduler) -> torch.Tensor:
     """One-step x̂0 from z_t and the model output (ε or v prediction)."""
     ac = scheduler.alphas_cumprod.to(noisy.device, torch.float32)[t].view(-1, 1, 1, 1)

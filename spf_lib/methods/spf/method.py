@@ -79,10 +79,12 @@ class SpfMethod(LoraMethod):
         return eps_ref, eps_res
 
     def compute_loss(self, ctx: TrainContext, batch: dict[str, Any], step: int):
-        if step < self.o.stage1_steps:
-            loss, logs = super().compute_loss(ctx, batch, step)
-            return loss, {**logs, "stage": 1.0}
         o = self.o
+        if step < o.stage1_steps:
+            if not (o.use_preserve and o.preserve_in_stage1):
+                loss, logs = super().compute_loss(ctx, batch, step)
+                return loss, {**logs, "stage": 1.0}
+            return self.stage1_with_preserve(ctx, batch)
         latents = ctx.encode_images(batch["pixel_values"])
         noisy, _noise, t, target = ctx.add_noise(latents)
         eps_ref, eps_res = self.dual_forward(ctx, noisy, t, batch["base_text"], batch["caption"])
@@ -99,6 +101,10 @@ class SpfMethod(LoraMethod):
             l_fine = self.fine_loss(mask)
             total = total + o.w_fine * l_fine
             logs["loss_fine"] = float(l_fine.detach())
+        if o.use_out:
+            l_out = L.output_alignment_loss(eps_res, eps_ref, mask)
+            total = total + o.w_out * l_out
+            logs["loss_out"] = float(l_out.detach())
         if o.use_preserve:
             l_pres = self.preserve_loss(ctx, noisy, t, batch["base_text"], eps_ref)
             total = total + o.w_preserve * l_pres
@@ -108,6 +114,25 @@ class SpfMethod(LoraMethod):
             total = total + o.w_enhanced * l_enh
             logs["loss_enhanced"] = float(l_enh.detach())
         return total, logs
+
+    def stage1_with_preserve(self, ctx: TrainContext, batch: dict[str, Any]):
+        """Stage 1 = L_diff on the caption + L_preserve on the base text: the target is learned as a response to the
+        target tokens from the start, so stage 2 has a target to localise (SFCM) rather than one to erase."""
+        o = self.o
+        latents = ctx.encode_images(batch["pixel_values"])
+        noisy, _noise, t, target = ctx.add_noise(latents)
+        pred = ctx.unet(noisy, t, encoder_hidden_states=ctx.encode_text(batch["caption"]), return_dict=False)[0]
+        l_diff = diffusion_loss(pred, target)
+        self.switch.set(False)
+        try:
+            with torch.no_grad():
+                eps_ref = ctx.unet(noisy, t, encoder_hidden_states=ctx.encode_text(batch["base_text"]),
+                                   return_dict=False)[0]
+        finally:
+            self.switch.set(True)
+        l_pres = self.preserve_loss(ctx, noisy, t, batch["base_text"], eps_ref)
+        return o.w_diffusion * l_diff + o.w_preserve * l_pres, {
+            "loss_diffusion": float(l_diff.detach()), "loss_preserve": float(l_pres.detach()), "stage": 1.0}
 
     # -- SFCM and the losses ------------------------------------------------------------------------------------
     def phrase_distances(self, ctx: TrainContext, phrases: list[str], target: str | None) -> torch.Tensor:
@@ -144,7 +169,8 @@ class SpfMethod(LoraMethod):
                     tok_w[i, k, pos] = 1.0 / len(pos)
                     weights[i, k] = dist[k]
         maps = L.phrase_maps([(c.probs.detach(), c.hw) for c in ref.values()], tok_w.to(dev), (h, w))
-        return L.sfcm(L.noise_difference(eps_res, eps_ref), maps, weights.to(dev), self.o.sfcm_blur, self.o.sfcm_quantile)
+        return L.sfcm(L.noise_difference(eps_res, eps_ref), maps, weights.to(dev), self.o.sfcm_blur,
+                      self.o.sfcm_quantile)
 
     def text_loss(self, batch, mask) -> torch.Tensor:
         ref, res = self.store.maps["ref"], self.store.maps["res"]
