@@ -6,7 +6,7 @@ CPU) uses the project's tiny SD; ``sd15`` (default on CUDA) is the SD 1.5 UNet/V
 bf16 with random weights (speed and memory do not depend on the weights).
 
 Options: config=tiny|sd15, steps=N (timed), warmup=N, batch=N, resolution=N, mixed_precision=no|bf16,
-capture=PATTERN[,PATTERN], checkpointing=0|1, variants=lora,spf-no-enh,spf.
+capture=PATTERN[,PATTERN], checkpointing=0|1, variants=lora,spf-no-enh,spf-default-no-enh,spf.
 Goals (issue 4): SPF stage-2 without L_enh ≤ 1.4× LoRA step time, peak memory ≤ 1.15× LoRA.
 """
 
@@ -21,7 +21,9 @@ from pathlib import Path
 
 VARIANTS = {
     "lora": {"method": "lora"},
-    "spf-no-enh": {"method": "spf", "spf": {"use_enhanced": False}},
+    # the paper's dual path (issue 4's goal): our L_preserve (one more forward/backward) and L_out switched off
+    "spf-no-enh": {"method": "spf", "spf": {"use_enhanced": False, "use_preserve": False, "use_out": False}},
+    "spf-default-no-enh": {"method": "spf", "spf": {"use_enhanced": False}},
     "spf": {"method": "spf", "spf": {"enh_max_timestep": 1000}},
 }
 ROOT = Path(__file__).resolve().parents[1]
@@ -204,8 +206,9 @@ def run(options: dict[str, str]) -> dict:
              "costs ~1.33×)"),
             (f"memory column = {mem_key}, each variant alone in its own process; times = medians of steps "
              "interleaved round-robin in one process; on CPU they are process CPU seconds with 1 torch thread"),
-            ("spf = stage-2 step with L_text, L_fine, SFCM (+ L_enhanced with the configured embedder; default the "
-             "latent-pool fallback, no VAE decode)"),
+            ("spf-no-enh = the paper's dual path (L_text, L_fine, SFCM); spf-default-no-enh adds our L_out and "
+             "L_preserve (base + empty prompt: one more forward/backward, half a no-grad forward); spf = defaults + "
+             "L_enhanced with the configured embedder (default the latent-pool fallback, no VAE decode)"),
         ],
     }
 
