@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -153,6 +154,23 @@ def _paths(tr, batch, base_text, res_text):
     return m.text_loss(b, mask), m.fine_loss(mask), m.control_map(ctx, b, eps_res, eps_ref)
 
 
+@contextmanager
+def perturbed_lora(unet, scale: float = 0.05):
+    """A 'trained' adapter for the duration of a test: random LoRA B (A is random from init), zeroed after."""
+    with torch.no_grad():
+        for n, p in unet.named_parameters():
+            if "lora_B" in n:
+                p.add_(scale * torch.randn_like(p))
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for n, p in unet.named_parameters():
+                if "lora_B" in n:
+                    p.zero_()
+                p.grad = None
+
+
 def test_capture_only_on_chosen_layers(trainer):
     from spf_lib.models.attention import CaptureProcessor
 
@@ -172,18 +190,9 @@ def test_alignment_losses_zero_for_identical_paths_positive_otherwise(trainer):
     l_text, l_fine, mask = _paths(trainer, batch, batch["base_text"], text)
     assert l_text > 0 and l_fine > 0 and mask.max() == 1
     # same text, trained adapter → positive
-    with torch.no_grad():
-        for n, p in trainer.ctx.unet.named_parameters():
-            if "lora_B" in n:
-                p.add_(0.05 * torch.randn_like(p))
-    try:
+    with perturbed_lora(trainer.ctx.unet):
         l_text, l_fine, _ = _paths(trainer, batch, text, text)
         assert l_text > 0 and l_fine > 0
-    finally:
-        with torch.no_grad():
-            for n, p in trainer.ctx.unet.named_parameters():
-                if "lora_B" in n:
-                    p.zero_()
 
 
 def test_preserve_loss_zero_at_init_positive_for_trained_adapter(trainer):
@@ -193,21 +202,12 @@ def test_preserve_loss_zero_at_init_positive_for_trained_adapter(trainer):
     noisy, _, t, _ = ctx.add_noise(ctx.encode_images(batch["pixel_values"]))
     eps_ref, _ = m.dual_forward(ctx, noisy, t, batch["base_text"], batch["caption"])
     assert float(m.preserve_loss(ctx, noisy, t, batch["base_text"], eps_ref)) == 0  # B = 0: adapter is identity
-    with torch.no_grad():
-        for n, p in ctx.unet.named_parameters():
-            if "lora_B" in n:
-                p.add_(0.05 * torch.randn_like(p))
-    try:
+    with perturbed_lora(ctx.unet):
         loss = m.preserve_loss(ctx, noisy, t, batch["base_text"], eps_ref)
         assert float(loss) > 0
         loss.backward()
-        assert any(p.grad is not None and p.grad.abs().sum() > 0 for n, p in ctx.unet.named_parameters() if "lora_B" in n)
-    finally:
-        with torch.no_grad():
-            for n, p in ctx.unet.named_parameters():
-                if "lora_B" in n:
-                    p.zero_()
-                p.grad = None
+        grads = [p.grad for n, p in ctx.unet.named_parameters() if "lora_B" in n]
+        assert any(g is not None and g.abs().sum() > 0 for g in grads)
 
 
 def test_preserve_loss_covers_the_unconditional_branch(trainer):
@@ -218,30 +218,31 @@ def test_preserve_loss_covers_the_unconditional_branch(trainer):
     noisy, _, t, _ = ctx.add_noise(ctx.encode_images(batch["pixel_values"]))
     eps_ref, _ = m.dual_forward(ctx, noisy, t, batch["base_text"], batch["caption"])
     saved = m.o
-    with torch.no_grad():
-        for n, p in ctx.unet.named_parameters():
-            if "lora_B" in n:
-                p.add_(0.05 * torch.randn_like(p))
-    try:
-        m.o = saved.model_copy(update={"preserve_uncond_frac": 1.0})
-        got = float(m.preserve_loss(ctx, noisy, t, batch["base_text"], eps_ref))
-        empty = ctx.encode_text([""] * noisy.shape[0])
-        with torch.no_grad():
-            tuned = ctx.unet(noisy, t, encoder_hidden_states=empty, return_dict=False)[0]
-            m.switch.set(False)
-            orig = ctx.unet(noisy, t, encoder_hidden_states=empty, return_dict=False)[0]
-            m.switch.set(True)
-        want = float(torch.nn.functional.mse_loss(tuned, orig))
-        assert want > 0 and got == pytest.approx(want, rel=1e-5)
-        m.o = saved  # frac 0: the base-text loss, a different number
-        assert float(m.preserve_loss(ctx, noisy, t, batch["base_text"], eps_ref)) != pytest.approx(want, rel=1e-3)
-    finally:
-        m.o = saved
-        with torch.no_grad():
-            for n, p in ctx.unet.named_parameters():
-                if "lora_B" in n:
-                    p.zero_()
-                p.grad = None
+    with perturbed_lora(ctx.unet):
+        try:
+            m.o = saved.model_copy(update={"preserve_uncond_frac": 1.0})
+            got = float(m.preserve_loss(ctx, noisy, t, batch["base_text"], eps_ref))
+            empty = ctx.encode_text([""] * noisy.shape[0])
+            with torch.no_grad():
+                tuned = ctx.unet(noisy, t, encoder_hidden_states=empty, return_dict=False)[0]
+                m.switch.set(False)
+                orig = ctx.unet(noisy, t, encoder_hidden_states=empty, return_dict=False)[0]
+                m.switch.set(True)
+            want = float(torch.nn.functional.mse_loss(tuned, orig))
+            assert want > 0 and got == pytest.approx(want, rel=1e-5)
+            m.o = saved.model_copy(update={"preserve_uncond_frac": 0.0})  # base text only: a different number
+            assert float(m.preserve_loss(ctx, noisy, t, batch["base_text"], eps_ref)) != pytest.approx(want, rel=1e-3)
+        finally:
+            m.o = saved
+
+
+def test_uncond_share_is_exact_when_whole_and_stochastic_at_batch_one(trainer):
+    m, ctx = trainer.method, trainer.ctx
+    state = ctx.generator.get_state()
+    assert m._uncond_count(ctx, 8) == 4 and torch.equal(ctx.generator.get_state(), state)  # no RNG draw
+    draws = [m._uncond_count(ctx, 1) for _ in range(200)]
+    assert set(draws) == {0, 1} and 60 < sum(draws) < 140
+    ctx.generator.set_state(state)
 
 
 def test_stage1_trains_the_caption_and_preserves_the_base_text(trainer):

@@ -185,7 +185,8 @@ class SpfMethod(LoraMethod):
             idx_ref[i, :len(a)] = torch.tensor(a)
             idx_res[i, :len(r)] = torch.tensor(r)
             valid[i, :len(a)] = True
-        terms = [L.text_consistent_loss(res[n].probs, c.probs, idx_res, idx_ref, valid, L.gate_for(mask, c.hw, self.o.sfcm_gate_pool))
+        pool = self.o.sfcm_gate_pool
+        terms = [L.text_consistent_loss(res[n].probs, c.probs, idx_res, idx_ref, valid, L.gate_for(mask, c.hw, pool))
                  for n, c in ref.items()]
         return torch.stack(terms).mean()
 
@@ -205,7 +206,7 @@ class SpfMethod(LoraMethod):
         if store is not None:
             store.mode = None  # keep the captured response maps of this step intact
         texts = list(base_text)
-        k = round(self.o.preserve_uncond_frac * len(texts))
+        k = self._uncond_count(ctx, len(texts))
         if k:
             # classifier-free guidance also runs the empty prompt: an adapter that moves it moves every base prompt
             texts[-k:] = [""] * k
@@ -219,6 +220,15 @@ class SpfMethod(LoraMethod):
             eps_ref = torch.cat([eps_ref[:len(texts) - k], eps_u])
         eps_base = ctx.unet(noisy, t, encoder_hidden_states=ctx.encode_text(texts), return_dict=False)[0]
         return torch.nn.functional.mse_loss(eps_base.float(), eps_ref.detach().float())
+
+    def _uncond_count(self, ctx: TrainContext, b: int) -> int:
+        """frac·B rounded stochastically (from the run's generator, only when frac·B is not whole), so batch 1 —
+        the usual SD 1.5 setting with gradient accumulation — still preserves the empty prompt half the time."""
+        x = self.o.preserve_uncond_frac * b
+        k = int(x)
+        if x - k > 1e-9:
+            k += int(float(torch.rand((), generator=ctx.generator)) < x - k)
+        return k
 
     def enhanced(self, ctx: TrainContext, batch, noisy, t, latents, eps_res, eps_ref) -> torch.Tensor:
         valid = t < self.o.enh_max_timestep
