@@ -195,12 +195,19 @@ def test_alignment_losses_zero_for_identical_paths_positive_otherwise(trainer):
         assert l_text > 0 and l_fine > 0
 
 
-def test_preserve_loss_zero_at_init_positive_for_trained_adapter(trainer):
+def _reference_step(trainer):
+    """One batch, its z_t and the reference path's ε (adapter off, base text): the inputs of L_preserve."""
     ctx, m = trainer.ctx, trainer.method
     batch = trainer.source.batch(0)
     torch.manual_seed(0)
     noisy, _, t, _ = ctx.add_noise(ctx.encode_images(batch["pixel_values"]))
     eps_ref, _ = m.dual_forward(ctx, noisy, t, batch["base_text"], batch["caption"])
+    return batch, noisy, t, eps_ref
+
+
+def test_preserve_loss_zero_at_init_positive_for_trained_adapter(trainer):
+    ctx, m = trainer.ctx, trainer.method
+    batch, noisy, t, eps_ref = _reference_step(trainer)
     assert float(m.preserve_loss(ctx, noisy, t, batch["base_text"], eps_ref)) == 0  # B = 0: adapter is identity
     with perturbed_lora(ctx.unet):
         loss = m.preserve_loss(ctx, noisy, t, batch["base_text"], eps_ref)
@@ -213,10 +220,7 @@ def test_preserve_loss_zero_at_init_positive_for_trained_adapter(trainer):
 def test_preserve_loss_covers_the_unconditional_branch(trainer):
     """With preserve_uncond_frac = 1 the loss is exactly tuned-vs-original on the empty prompt (CFG's other branch)."""
     ctx, m = trainer.ctx, trainer.method
-    batch = trainer.source.batch(0)
-    torch.manual_seed(0)
-    noisy, _, t, _ = ctx.add_noise(ctx.encode_images(batch["pixel_values"]))
-    eps_ref, _ = m.dual_forward(ctx, noisy, t, batch["base_text"], batch["caption"])
+    batch, noisy, t, eps_ref = _reference_step(trainer)
     saved = m.o
     with perturbed_lora(ctx.unet):
         try:
