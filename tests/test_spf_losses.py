@@ -347,3 +347,29 @@ def test_enhanced_loss_through_clip_embedder(tmp_path_factory, direction):
     assert 0 < logs["loss_enhanced"] <= 2
     loss.backward()
     assert sum(float(p.grad.abs().sum()) for p in tr.params if p.grad is not None) > 0
+
+
+def test_preserve_on_the_original_models_own_samples(trainer):
+    """preserve_prior: the original model's samples of the set's base texts (the same on a resumed run), and
+    L_preserve on them is 0 for an identity adapter and positive, with gradient, for a trained one."""
+    ctx, m = trainer.ctx, trainer.method
+    saved = m.o
+    try:
+        m.o = saved.model_copy(update={"preserve_prior": 3, "preserve_prior_steps": 2})
+        lat, texts = m.sample_prior(ctx)
+        lat2, _ = m.sample_prior(ctx)
+        side = ctx.cfg.resolution // ctx.pipe.vae_scale_factor
+        assert lat.shape == (3, ctx.unet.config.in_channels, side, side) and torch.isfinite(lat).all()
+        assert torch.equal(lat, lat2)
+        assert texts == [trainer.source.examples[i % len(trainer.source.examples)].base_text for i in range(3)]
+        m.prior = (lat, texts)
+        batch, noisy, t, eps_ref = _reference_step(trainer)
+        assert float(m.preserve_loss(ctx, noisy, t, batch["base_text"], eps_ref)) == 0
+        with perturbed_lora(ctx.unet):
+            loss = m.preserve_loss(ctx, noisy, t, batch["base_text"], eps_ref)
+            assert float(loss) > 0
+            loss.backward()
+            assert any(p.grad is not None and p.grad.abs().sum() > 0
+                       for n, p in ctx.unet.named_parameters() if "lora_B" in n)
+    finally:
+        m.o, m.prior = saved, None

@@ -114,6 +114,38 @@ def test_naive_finetune_changes_unet_and_fidelity_scores_it(base, tmp_path):
     original = generate_all(pipe, plan)
     same = score(plan, original, original, probes, clip)
     assert same["attr_drift"] == 0 and same["pixel_mae"] == 0 and same["clip_i"] == pytest.approx(1, abs=1e-4)
+    assert same["target_leak"] == 0
     pipe.unet = tuned_unet
     moved = score(plan, original, generate_all(pipe, plan), probes, clip)
     assert moved["pixel_mae"] > 0 and 0 <= moved["target_rate"] <= 1
+
+
+def test_target_leak_counts_glasses_on_base_prompts_only():
+    """leak = glasses rate on the tuned model's BASE-prompt images minus the original's; target images don't count."""
+    import numpy as np
+    import torch
+
+    from spf_lib.world.attributes import BASE_ATTRIBUTES
+    from spf_lib.world.fidelity import Generated, make_plan, score
+
+    class SignProbes:  # reads "glasses" from the image's mean sign, every base attribute as class 0
+        def predict(self, x):
+            n = x.shape[0]
+            return {**{a: np.zeros(n, dtype=int) for a in BASE_ATTRIBUTES},
+                    "glasses": (x.mean(dim=(1, 2, 3)) > 0).numpy().astype(int)}
+
+    class FlatClip:
+        def clip_i(self, a, b):
+            return np.ones(a.shape[0])
+
+        def clip_t(self, x, prompts):
+            return np.zeros(x.shape[0])
+
+    plan = make_plan(n_prompts=2, n_seeds=2, steps=1)
+    dark = -torch.ones(4, 3, 4, 4)
+    bright = dark.clone()
+    bright[:3] = 1  # 3 of 4 base images now "wear glasses"
+    m = score(plan, Generated(dark, dark), Generated(bright, dark), SignProbes(), FlatClip())
+    assert m["target_leak"] == pytest.approx(0.75) and m["target_rate"] == 0 and m["attr_drift"] == 0
+    m = score(plan, Generated(dark, dark), Generated(dark, bright), SignProbes(), FlatClip())
+    assert m["target_leak"] == 0 and m["target_rate"] == pytest.approx(0.75)

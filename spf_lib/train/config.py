@@ -64,6 +64,11 @@ class SpfOptions(_Strict):
     preserve_in_stage1: bool = Field(True, description="Apply L_preserve during stage 1 too (docs/method.md)")
     preserve_uncond_frac: float = Field(0.5, ge=0, le=1, description="Fraction of the L_preserve batch fed the "
                                         "empty prompt (classifier-free guidance's unconditional branch)")
+    preserve_prior: int = Field(0, ge=0, le=4096, description="Our addition: L_preserve on this many images the "
+                                "ORIGINAL model samples at setup from the set's base texts, instead of on the "
+                                "fine-tuning images (0 = off; docs/method.md)")
+    preserve_prior_steps: int = Field(20, ge=1, le=200, description="Sampler steps for those images")
+    preserve_prior_guidance: float = Field(4.0, ge=0, description="Guidance scale for those images")
     use_sfcm: bool = Field(True, description="False = gate 1 everywhere (the paper's over-alignment ablation)")
     capture_layers: list[str] = Field(default_factory=lambda: ["*attn2"],
                                       description="fnmatch patterns over UNet attention module names to capture")

@@ -76,7 +76,7 @@ class Trainer:
             cfg=cfg, pipe=pipe, unet=pipe.unet, vae=pipe.vae, text_encoder=pipe.text_encoder,
             tokenizer=pipe.tokenizer, noise_scheduler=DDPMScheduler.from_config(pipe.scheduler.config),
             accelerator=self.accelerator, device=torch.device(device), weight_dtype=weight_dtype,
-            generator=torch.Generator(device="cpu").manual_seed(cfg.seed),
+            generator=torch.Generator(device="cpu").manual_seed(cfg.seed), extras={"examples": examples},
         )
         self.method = get_method(cfg.method, cfg)
         self.params = self.method.setup(self.ctx)

@@ -4,6 +4,8 @@ attributes back with the probes and score with the world CLIP.
 Metrics (all pairwise original-vs-tuned on base prompts, as SPF-Portrait's preservation metrics are):
 - ``attr_drift``: fraction of (image, base attribute) pairs whose probe reading changed — the pollution score;
 - ``red_bg_delta`` / ``smile_delta``: rise in the spurious attributes' rate where the prompt leaves them open;
+- ``target_leak``: rise in the glasses rate on those base prompts — the target showing up where nobody asked for it
+  (kept apart from ``attr_drift`` so that score stays the drift of what the base world has);
 - ``clip_i``: CLIP image-image cosine; ``pixel_mae``: mean absolute RGB difference in [0, 1];
 and on target prompts (base prompt + the target phrase), for the tuned model:
 - ``target_rate``: fraction the glasses probe reads as wearing glasses; ``clip_t``: CLIP text-image cosine;
@@ -102,6 +104,7 @@ def score(plan: EvalPlan, original: Generated, tuned: Generated, probes, clip) -
         "attr_drift": float(drift),
         "red_bg_delta": rate_delta("background", red, open_bg),
         "smile_delta": rate_delta("expression", smile, open_ex),
+        "target_leak": float(np.mean(pt["glasses"] == 1) - np.mean(po["glasses"] == 1)),
         "clip_i": float(np.mean(clip.clip_i(original.base, tuned.base))),
         "pixel_mae": float((original.base - tuned.base).abs().mean() / 2),
         "target_rate": float(np.mean(ptt["glasses"] == 1)),

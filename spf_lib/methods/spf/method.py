@@ -28,6 +28,7 @@ class SpfMethod(LoraMethod):
         self.mapper = None
         self.embedder = None
         self._text_emb: dict[str, torch.Tensor] = {}
+        self.prior: tuple[torch.Tensor, list[str]] | None = None  # (latents, base texts) the original model drew
         self.enh_direction = "image"  # resolved in setup ("auto" -> text when the embedder has a text tower)
 
     def setup(self, ctx: TrainContext) -> list:
@@ -50,7 +51,45 @@ class SpfMethod(LoraMethod):
                 raise SpfError("spf.enh_direction='text' needs spf.image_embedder = a CLIPModel folder with a tokenizer")
             auto_text = o.enh_direction == "auto" and self.embedder.has_text
             self.enh_direction = "text" if o.enh_direction == "text" or auto_text else "image"
+        if o.use_preserve and o.preserve_prior:
+            self.prior = self.sample_prior(ctx)
         return params
+
+    def sample_prior(self, ctx: TrainContext) -> tuple[torch.Tensor, list[str]]:
+        """The original model's own images for the set's base texts (cycled in manifest order), as latents.
+
+        L_preserve on noised fine-tuning images only checks the adapter where those images live (here: red
+        background, smiling, glasses); base prompts at inference run through latents of the base world, where
+        nothing held the adapter still. DreamBooth's prior-preservation images, used as distillation inputs.
+        Deterministic in the run seed, so a resumed run regenerates the same set.
+        """
+        o = self.o
+        texts_all = [e.base_text for e in ctx.extras.get("examples", [])]
+        if not texts_all:
+            from spf_lib.errors import SpfError
+
+            raise SpfError("spf.preserve_prior > 0 needs the training examples (ctx.extras['examples'])")
+        texts = [texts_all[i % len(texts_all)] for i in range(o.preserve_prior)]
+        pipe = ctx.pipe
+        gen = torch.Generator(device="cpu").manual_seed(ctx.cfg.seed + 7919)
+        chunk = max(1, ctx.cfg.batch_size)
+        res = ctx.cfg.resolution
+        out = []
+        self.switch.set(False)
+        try:
+            with torch.no_grad():
+                for i in range(0, len(texts), chunk):
+                    part = texts[i:i + chunk]
+                    side = res // pipe.vae_scale_factor
+                    shape = (len(part), ctx.unet.config.in_channels, side, side)
+                    lat = torch.randn(shape, generator=gen).to(ctx.device, ctx.weight_dtype)
+                    out.append(pipe(part, latents=lat, num_inference_steps=o.preserve_prior_steps,
+                                    guidance_scale=o.preserve_prior_guidance, output_type="latent").images.float())
+        finally:
+            self.switch.set(True)
+        log.info("L_preserve: %d original-model samples (%d steps, guidance %.1f)", len(texts),
+                 o.preserve_prior_steps, o.preserve_prior_guidance)
+        return torch.cat(out), texts
 
     # -- the two paths ----------------------------------------------------------------------------------------
     def dual_forward(self, ctx: TrainContext, noisy, t, base_text: list[str], res_text: list[str]):
@@ -205,6 +244,8 @@ class SpfMethod(LoraMethod):
         store = self.store
         if store is not None:
             store.mode = None  # keep the captured response maps of this step intact
+        if self.prior is not None:
+            return self.preserve_prior_loss(ctx, len(base_text))
         texts = list(base_text)
         k = self._uncond_count(ctx, len(texts))
         if k:
@@ -220,6 +261,25 @@ class SpfMethod(LoraMethod):
             eps_ref = torch.cat([eps_ref[:len(texts) - k], eps_u])
         eps_base = ctx.unet(noisy, t, encoder_hidden_states=ctx.encode_text(texts), return_dict=False)[0]
         return torch.nn.functional.mse_loss(eps_base.float(), eps_ref.detach().float())
+
+    def preserve_prior_loss(self, ctx: TrainContext, b: int) -> torch.Tensor:
+        """L_preserve on B of the original model's samples (drawn with the run's generator), noised afresh."""
+        lat_all, texts_all = self.prior
+        idx = torch.randint(0, lat_all.shape[0], (b,), generator=ctx.generator).tolist()
+        texts = [texts_all[i] for i in idx]
+        k = self._uncond_count(ctx, b)
+        if k:
+            texts[-k:] = [""] * k
+        noisy, _noise, t, _target = ctx.add_noise(lat_all[idx].to(ctx.weight_dtype))
+        cond = ctx.encode_text(texts)
+        self.switch.set(False)
+        try:
+            with torch.no_grad():
+                eps_ref = ctx.unet(noisy, t, encoder_hidden_states=cond, return_dict=False)[0]
+        finally:
+            self.switch.set(True)
+        eps_base = ctx.unet(noisy, t, encoder_hidden_states=cond, return_dict=False)[0]
+        return torch.nn.functional.mse_loss(eps_base.float(), eps_ref.float())
 
     def _uncond_count(self, ctx: TrainContext, b: int) -> int:
         """frac·B rounded stochastically (from the run's generator, only when frac·B is not whole), so batch 1 —
