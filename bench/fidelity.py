@@ -96,7 +96,7 @@ def run(options: dict[str, str]) -> dict:
     t_all = time.perf_counter()
     o = {
         "steps": opt(options, "steps", 300), "lora_steps": opt(options, "lora_steps", 300),
-        "naive_lr": opt(options, "naive_lr", 2e-4), "lr": opt(options, "lr", 3e-3), "rank": opt(options, "rank", 4),
+        "naive_lr": opt(options, "naive_lr", 2e-4), "lr": opt(options, "lr", 3e-3), "rank": opt(options, "rank", 8),
         "batch": opt(options, "batch", 8), "n_ft": opt(options, "n_ft", 48), "seed": opt(options, "seed", 0),
         "n_prompts": opt(options, "n_prompts", 12), "n_seeds": opt(options, "n_seeds", 4),
         "infer_steps": opt(options, "infer_steps", 20), "guidance": opt(options, "guidance", 4.0),
