@@ -34,8 +34,8 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "spf w/o L_out": ("spf", {"use_out": False}),  # our additions (docs/method.md), each switched off
     "spf w/o L_preserve": ("spf", {"use_preserve": False}),
 }
-COLUMNS = ["method", "pollution↓", "red-bg Δ↓", "smile Δ↓", "leak Δ↓", "CLIP-I↑", "MAE↓", "target↑", "CLIP-T↑", "fidelity↑",
-           "train s"]
+COLUMNS = ["method", "pollution↓", "red-bg Δ↓", "smile Δ↓", "leak Δ↓", "CLIP-I↑", "MAE↓", "target↑", "CLIP-T↑",
+           "fidelity↑", "train s"]
 KEYS = ["attr_drift", "red_bg_delta", "smile_delta", "target_leak", "clip_i", "pixel_mae", "target_rate", "clip_t",
         "prompt_fidelity"]
 

@@ -7,6 +7,7 @@ weights serves the frozen reference path, the tuned path and the before/after va
 from __future__ import annotations
 
 import logging
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +50,15 @@ class AdapterSwitch:
             return
         for m in self.layers:
             m._disable_adapters = not enabled
+
+    @contextmanager
+    def off(self):
+        """The original model for the duration; the adapter is back on afterwards, also after an error."""
+        self.set(False)
+        try:
+            yield
+        finally:
+            self.set(True)
 
 
 class LoraMethod:

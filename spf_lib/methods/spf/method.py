@@ -73,20 +73,15 @@ class SpfMethod(LoraMethod):
         pipe = ctx.pipe
         gen = torch.Generator(device="cpu").manual_seed(ctx.cfg.seed + 7919)
         chunk = max(1, ctx.cfg.batch_size)
-        res = ctx.cfg.resolution
+        side = ctx.cfg.resolution // pipe.vae_scale_factor
         out = []
-        self.switch.set(False)
-        try:
-            with torch.no_grad():
-                for i in range(0, len(texts), chunk):
-                    part = texts[i:i + chunk]
-                    side = res // pipe.vae_scale_factor
-                    shape = (len(part), ctx.unet.config.in_channels, side, side)
-                    lat = torch.randn(shape, generator=gen).to(ctx.device, ctx.weight_dtype)
-                    out.append(pipe(part, latents=lat, num_inference_steps=o.preserve_prior_steps,
-                                    guidance_scale=o.preserve_prior_guidance, output_type="latent").images.float())
-        finally:
-            self.switch.set(True)
+        with torch.no_grad(), self.switch.off():
+            for i in range(0, len(texts), chunk):
+                part = texts[i:i + chunk]
+                shape = (len(part), ctx.unet.config.in_channels, side, side)
+                lat = torch.randn(shape, generator=gen).to(ctx.device, ctx.weight_dtype)
+                out.append(pipe(part, latents=lat, num_inference_steps=o.preserve_prior_steps,
+                                guidance_scale=o.preserve_prior_guidance, output_type="latent").images.float())
         log.info("L_preserve: %d original-model samples (%d steps, guidance %.1f)", len(texts),
                  o.preserve_prior_steps, o.preserve_prior_guidance)
         return torch.cat(out), texts
@@ -100,14 +95,9 @@ class SpfMethod(LoraMethod):
         if store is not None:
             store.clear()
             store.latent_hw = tuple(noisy.shape[-2:])
-        self.switch.set(False)
-        try:
-            with torch.no_grad():
-                if store is not None:
-                    store.mode = "ref"
-                eps_ref = ctx.unet(noisy, t, encoder_hidden_states=cond_ref, return_dict=False)[0]
-        finally:
-            self.switch.set(True)
+        if store is not None:
+            store.mode = "ref"
+        eps_ref = self.reference_eps(ctx, noisy, t, cond_ref)
         if store is not None:
             store.mode = "res"
         try:
@@ -116,6 +106,11 @@ class SpfMethod(LoraMethod):
             if store is not None:
                 store.mode = None
         return eps_ref, eps_res
+
+    def reference_eps(self, ctx: TrainContext, noisy, t, cond) -> torch.Tensor:
+        """ε of the ORIGINAL model: the same UNet with its adapter off, no gradient."""
+        with torch.no_grad(), self.switch.off():
+            return ctx.unet(noisy, t, encoder_hidden_states=cond, return_dict=False)[0]
 
     def compute_loss(self, ctx: TrainContext, batch: dict[str, Any], step: int):
         o = self.o
@@ -162,13 +157,9 @@ class SpfMethod(LoraMethod):
         noisy, _noise, t, target = ctx.add_noise(latents)
         pred = ctx.unet(noisy, t, encoder_hidden_states=ctx.encode_text(batch["caption"]), return_dict=False)[0]
         l_diff = diffusion_loss(pred, target)
-        self.switch.set(False)
-        try:
-            with torch.no_grad():
-                eps_ref = ctx.unet(noisy, t, encoder_hidden_states=ctx.encode_text(batch["base_text"]),
-                                   return_dict=False)[0]
-        finally:
-            self.switch.set(True)
+        # with preserve_prior, L_preserve draws its own inputs: no reference pass on this batch
+        eps_ref = None if self.prior is not None else self.reference_eps(ctx, noisy, t,
+                                                                         ctx.encode_text(batch["base_text"]))
         l_pres = self.preserve_loss(ctx, noisy, t, batch["base_text"], eps_ref)
         return o.w_diffusion * l_diff + o.w_preserve * l_pres, {
             "loss_diffusion": float(l_diff.detach()), "loss_preserve": float(l_pres.detach()), "stage": 1.0}
@@ -234,12 +225,13 @@ class SpfMethod(LoraMethod):
         return torch.stack([L.fine_grained_loss(res[n].query, c.query, L.gate_for(mask, c.hw, self.o.sfcm_gate_pool))
                             for n, c in ref.items()]).mean()
 
-    def preserve_loss(self, ctx: TrainContext, noisy, t, base_text: list[str], eps_ref) -> torch.Tensor:
+    def preserve_loss(self, ctx: TrainContext, noisy, t, base_text: list[str], eps_ref=None) -> torch.Tensor:
         """Our addition (docs/method.md): the tuned model fed the BASE text must predict what the original does.
 
         Semantic pollution is measured on prompts WITHOUT the target; the paper's losses only constrain the
         response path (base + target text), so nothing stops the adapter from changing base prompts. Ungated: with
-        no target in the text there is no region the adapter may legitimately change.
+        no target in the text there is no region the adapter may legitimately change. ``eps_ref``: the original's ε
+        on (``noisy``, ``base_text``); unused with ``preserve_prior``, which draws its own inputs.
         """
         store = self.store
         if store is not None:
@@ -251,13 +243,7 @@ class SpfMethod(LoraMethod):
         if k:
             # classifier-free guidance also runs the empty prompt: an adapter that moves it moves every base prompt
             texts[-k:] = [""] * k
-            with torch.no_grad():
-                self.switch.set(False)
-                try:
-                    eps_u = ctx.unet(noisy[-k:], t[-k:], encoder_hidden_states=ctx.encode_text([""] * k),
-                                     return_dict=False)[0]
-                finally:
-                    self.switch.set(True)
+            eps_u = self.reference_eps(ctx, noisy[-k:], t[-k:], ctx.encode_text([""] * k))
             eps_ref = torch.cat([eps_ref[:len(texts) - k], eps_u])
         eps_base = ctx.unet(noisy, t, encoder_hidden_states=ctx.encode_text(texts), return_dict=False)[0]
         return torch.nn.functional.mse_loss(eps_base.float(), eps_ref.detach().float())
@@ -272,12 +258,7 @@ class SpfMethod(LoraMethod):
             texts[-k:] = [""] * k
         noisy, _noise, t, _target = ctx.add_noise(lat_all[idx].to(ctx.weight_dtype))
         cond = ctx.encode_text(texts)
-        self.switch.set(False)
-        try:
-            with torch.no_grad():
-                eps_ref = ctx.unet(noisy, t, encoder_hidden_states=cond, return_dict=False)[0]
-        finally:
-            self.switch.set(True)
+        eps_ref = self.reference_eps(ctx, noisy, t, cond)
         eps_base = ctx.unet(noisy, t, encoder_hidden_states=cond, return_dict=False)[0]
         return torch.nn.functional.mse_loss(eps_base.float(), eps_ref.float())
 
