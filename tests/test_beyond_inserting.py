@@ -135,3 +135,77 @@ def test_train_reload_identical_tokens_and_generate(setup, tmp_path):
     after = run(handle.prompt("a photo of sks person"))
     assert np.array_equal(before, after)           # disable restores the original model exactly
     assert not np.allclose(tuned, before, atol=1e-4)
+
+
+def _unet_inputs(unet):
+    """Record the encoder_hidden_states every UNet call receives (training step or pipeline call alike)."""
+    seen = []
+    handle = unet.register_forward_pre_hook(
+        lambda mod, args, kwargs: seen.append((args[2] if len(args) > 2 else kwargs["encoder_hidden_states"])
+                                              .detach().clone()), with_kwargs=True)
+    return seen, handle
+
+
+def test_training_encodings_equal_loaded_adapter_encodings(setup, tmp_path):
+    """At every step, the packed text encoding the UNet gets in training equals what a fresh pipeline gives for the
+    same prompt after loading the adapter saved at that step (V*'s table row included): the validation grids and
+    the trained loss see the model the user gets."""
+    import torch
+
+    from spf_lib.methods import load_adapter
+    from spf_lib.models.loading import load_pipeline
+    from spf_lib.train.run import Trainer
+
+    root, model, data = setup
+    tr = Trainer(identity_cfg(tmp_path, model, data, "beyond-inserting", lr=5e-2, steps=3))
+    m, ctx = tr.method, tr.ctx
+    pipe = load_pipeline(str(model))
+    prompt = m.opts.template.format(m.token)
+    gen_seen, gen_hook = _unet_inputs(pipe.unet)
+    rows = []
+    for step in range(3):
+        train_seen, hook = _unet_inputs(ctx.unet)
+        with torch.no_grad():
+            m.compute_loss(ctx, tr.source.batch(step), step)
+        hook.remove()
+        out = tmp_path / f"adapter-{step}"
+        out.mkdir()
+        info = m.save_adapter(ctx, out)
+        (out / "adapter_info.json").write_text(json.dumps(info))
+        handle = load_adapter(pipe, out)
+        gen_seen.clear()
+        pipe(prompt, num_inference_steps=1, guidance_scale=1.0, height=64, width=64, output_type="latent")
+        handle.disable()
+        trained, generated = train_seen[0][0].float(), gen_seen[0][0].float()
+        row = ctx.text_encoder.get_input_embeddings().weight[m.token_id]
+        loaded_row = pipe.text_encoder.get_input_embeddings().weight[m.token_id]
+        print(f"step {step}: max |train - generation| = {float((trained - generated).abs().max()):.4g}, "
+              f"max |train row - loaded row| = {float((row - loaded_row).abs().max()):.4g}")
+        assert torch.allclose(row, loaded_row, atol=1e-6), step
+        assert torch.allclose(trained, generated, atol=1e-5), step
+        rows.append(row.clone())
+        tr.train_step()
+    gen_hook.remove()
+    assert not torch.allclose(rows[0], rows[-1], atol=1e-4)        # V* did move: the check covered a changing row
+
+
+def test_step0_token_behaves_exactly_like_the_reference_word(setup, tmp_path):
+    """Zero-initialised heads: before training, the learned prompt with V* gives the UNet output of the reference
+    prompt ("... person"), not only the same attention maps."""
+    import torch
+
+    from spf_lib.train.run import Trainer
+
+    root, model, data = setup
+    tr = Trainer(identity_cfg(tmp_path, model, data, "beyond-inserting"))
+    m, ctx = tr.method, tr.ctx
+    m.set_enabled(ctx, True)
+    z = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(0))
+    t = torch.tensor([500])
+    with torch.no_grad():
+        learned = ctx.unet(z, t, ctx.text_encoder(ctx.tokenize([m.opts.template.format(m.token)]))[0]).sample
+        m.set_enabled(ctx, False)
+        ref = ctx.unet(z, t, ctx.text_encoder(ctx.tokenize([m.opts.reference_prompt]))[0]).sample
+    print(f"step 0: max |V* - person| = {float((learned - ref).abs().max()):.4g}, mean |out| = "
+          f"{float(ref.abs().mean()):.3g}")
+    assert torch.allclose(learned, ref, atol=1e-5)

@@ -63,7 +63,15 @@ class BeyondInsertingMethod:
         self.injector = Injector(ctx.unet, te, self.stage_of, self.n_stages, tok.model_max_length, self.token_id,
                                  o.value_mode)
         self.injector.install(hook=False)
+        self._write_row(ctx)
         return list(self.module.parameters())
+
+    def _write_row(self, ctx: Any) -> None:
+        """V*'s table row = the module's current v_star, exactly what the loader writes: the text encoding of the
+        tokens around V* (end-of-text, padding) then matches between training, validation and generation."""
+        from spf_lib.methods.celeb_basis.tokens import write_token_rows
+
+        write_token_rows(ctx.text_encoder, [self.token_id], self.module.v_star.detach()[None])
 
     def compute_loss(self, ctx: Any, batch: dict, step: int):
         from spf_lib.methods.base import diffusion_loss
@@ -75,9 +83,13 @@ class BeyondInsertingMethod:
         latents = ctx.encode_images(batch["pixel_values"])
         noisy, _, timesteps, target = ctx.add_noise(latents)
         k, v = self.module()
+        self._write_row(ctx)
         with self.injector.bypass():
+            # the base encoding sees V* = v_star through the override (differentiable), equal to the table row
+            with self.injector.override.use({self.token_id: self.module.v_star}):
+                base = ctx.text_encoder(ids)[0]
             packed = pack_hidden(ctx.text_encoder, self.injector.override, ids, self.token_id, k, v,
-                                 self.opts.value_mode)
+                                 self.opts.value_mode, base=base)
         st = self.injector.store
         st.capture, st.maps = True, []
         st.token_pos = positions_of(ids, self.token_id)
@@ -108,6 +120,7 @@ class BeyondInsertingMethod:
 
     def set_enabled(self, ctx: Any, enabled: bool) -> None:
         if enabled:
+            self._write_row(ctx)
             self.injector.install(self.tokens(), hook=True)
         else:
             self.injector.remove()
