@@ -189,12 +189,144 @@ def resolve_experiment_id(settings: Settings) -> str:
     client = mlflow.MlflowClient()
     exp = client.get_experiment_by_name(settings.experiment_name)
     if exp is not None:
+        if EXPERIMENT_KIND_TAG not in exp.tags:  # created by an older version or by hand
+            client.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
         return exp.experiment_id
     location = settings.artifact_root.as_uri() if is_local_store(settings.tracking_uri) else None
     try:
-        return client.create_experiment(settings.experiment_name, artifact_location=location)
+        return client.create_experiment(settings.experiment_name, artifact_location=location,
+                                        tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
     except Exception:
         exp = client.get_experiment_by_name(settings.experiment_name)
         if exp is None:
             raise
         return exp.experiment_id
+
+
+# -- one MLflow run per pipeline run -----------------------------------------------------------------------------
+
+#: Opens MLflow 3's classic runs view for our experiments; without it the UI guesses "GenAI" and shows Traces.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+KFP_RUN_TAG = "kfp_run_id"
+BRANCH_TAG = "spf.branch"
+PIPELINE_BRANCH = "pipeline"  # the parent run's branch value; children carry their branch (by default the method)
+PARENT_TAG = "mlflow.parentRunId"  # MLflow's own tag: the UI nests a child under its parent
+
+
+@dataclass(frozen=True)
+class PipelineRun:
+    """The MLflow run of one pipeline run (``branch=None``) or of one branch of it (a child run).
+
+    ``client`` is an ``MlflowClient`` pointed at the right store while the ``pipeline_run`` block is open.
+    """
+
+    run_id: str
+    experiment_id: str
+    kfp_run_id: str
+    branch: str | None
+    parent_run_id: str | None
+    client: object
+
+    def log_artifact(self, path: str | os.PathLike, artifact_path: str | None = None) -> None:
+        self.client.log_artifact(self.run_id, str(path), artifact_path=artifact_path)
+
+    def log_artifacts(self, folder: str | os.PathLike, artifact_path: str | None = None) -> None:
+        self.client.log_artifacts(self.run_id, str(folder), artifact_path=artifact_path)
+
+    def log_metrics(self, metrics: dict[str, float], step: int = 0) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        items = [Metric(k, float(v), now, step) for k, v in metrics.items() if v is not None]
+        for i in range(0, len(items), 500):
+            self.client.log_batch(self.run_id, metrics=items[i:i + 500])
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        for k, v in tags.items():
+            self.client.set_tag(self.run_id, k, str(v))
+
+
+@contextlib.contextmanager
+def pipeline_run(kfp_run_id: str, run_name: str | None = None, *, branch: str | None = None,
+                 settings: Settings | None = None, retry: RetryPolicy | None = None) -> Iterator[PipelineRun]:
+    """The MLflow run of pipeline run ``kfp_run_id``, found by tag or created (idempotent; safe under parallel tasks).
+
+    ``branch=None`` gives the parent run (named ``run_name``, the KFP run's name); ``branch="spf"`` gives that
+    branch's child run (train, evaluate and register of one method log there; its model version links to it).
+    Retried pods and parallel branches get the same runs back. Any component or stage can attach evidence::
+
+        from spf_lib.registry.session import pipeline_run
+        with pipeline_run(kfp_run_id, "spf-portrait-2026-...") as run:
+            run.log_artifact("comparison.png", artifact_path="comparison")
+
+    The block leaves the caller's MLflow URIs as they were (see ``mlflow_session``).
+    """
+    from spf_lib.registry.lineage_keys import is_real
+
+    if not is_real(kfp_run_id):
+        raise SpfError(f"kfp_run_id {kfp_run_id!r}: not a real pipeline run id (a placeholder was not substituted)")
+    with mlflow_session(settings) as s:
+        yield with_retries(f"MLflow run of pipeline run {kfp_run_id}",
+                           lambda: open_pipeline_run(kfp_run_id, run_name, branch=branch, settings=s),
+                           target=redact_uri(s.tracking_uri), policy=retry)
+
+
+def open_pipeline_run(kfp_run_id: str, run_name: str | None = None, *, branch: str | None = None,
+                      settings: Settings | None = None) -> PipelineRun:
+    """``pipeline_run`` without the session/retry wrapper: for code already inside ``mlflow_session``."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    exp_id = resolve_experiment_id(settings or Settings.from_env())
+    parent = _find_or_create(client, exp_id, kfp_run_id, PIPELINE_BRANCH,
+                             run_name or f"pipeline-{kfp_run_id[:8]}", {}, rename=bool(run_name))
+    if branch is None:
+        return PipelineRun(parent, exp_id, kfp_run_id, None, None, client)
+    if branch == PIPELINE_BRANCH or not branch.strip():
+        raise SpfError(f"branch {branch!r}: give a method or task name (not empty, not {PIPELINE_BRANCH!r})")
+    child = _find_or_create(client, exp_id, kfp_run_id, branch, branch, {PARENT_TAG: parent}, rename=False)
+    return PipelineRun(child, exp_id, kfp_run_id, branch, parent, client)
+
+
+def _find_or_create(client, exp_id: str, kfp_run_id: str, branch: str, name: str, extra: dict[str, str],
+                    *, rename: bool) -> str:
+    """The oldest live run tagged (kfp_run_id, branch); two tasks racing to create it keep the oldest and delete
+    their own duplicate, so every task ends up logging into the same run."""
+    filt = f"tags.{KFP_RUN_TAG} = '{_q(kfp_run_id)}' and tags.`{BRANCH_TAG}` = '{_q(branch)}'"
+
+    def oldest():
+        runs = client.search_runs([exp_id], filt, max_results=50)
+        return min(runs, key=lambda r: (r.info.start_time or 0, r.info.run_id)) if runs else None
+
+    found = oldest()
+    if found is None:
+        mine = client.create_run(exp_id, run_name=name,
+                                 tags={KFP_RUN_TAG: kfp_run_id, BRANCH_TAG: branch, **extra}).info.run_id
+        found = oldest()
+        if found is None:  # a store that does not see its own write yet: ours is the only one
+            return mine
+        if found.info.run_id != mine:
+            client.delete_run(mine)
+            log.info("pipeline run %s/%s: another task created it first; using %s", kfp_run_id, branch,
+                     found.info.run_id)
+        return found.info.run_id
+    if rename and found.info.run_name != name:
+        client.update_run(found.info.run_id, name=name)
+    return found.info.run_id
+
+
+def end_pipeline_run(run: PipelineRun, status: str = "FINISHED") -> None:
+    """End a branch run, and its parent once no sibling is still running (the last branch to finish closes it)."""
+    run.client.set_terminated(run.run_id, status)
+    if run.parent_run_id is None:
+        return
+    siblings = run.client.search_runs(
+        [run.experiment_id], f"tags.`{PARENT_TAG}` = '{_q(run.parent_run_id)}' and attributes.status = 'RUNNING'",
+        max_results=1)
+    if not siblings:
+        run.client.set_terminated(run.parent_run_id, status)
+
+
+def _q(text: str) -> str:
+    return text.replace("'", "\\'")

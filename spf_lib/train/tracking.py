@@ -44,10 +44,9 @@ class Tracker:
             self.client.update_run(run_id, status="RUNNING")
             self._owned = True
         else:
-            exp_id = os.environ.get("MLFLOW_EXPERIMENT_ID")
-            if not exp_id:
-                exp = self.client.get_experiment_by_name(settings.experiment_name)
-                exp_id = exp.experiment_id if exp else self.client.create_experiment(settings.experiment_name)
+            from spf_lib.registry.session import resolve_experiment_id
+
+            exp_id = resolve_experiment_id(settings)
             self.run_id = self.client.create_run(exp_id, run_name=run_name).info.run_id
             self._owned = True
         log.info("MLflow run %s at %s", self.run_id, settings.tracking_uri)
