@@ -8,9 +8,12 @@ model ourselves and call the generated API with it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +31,67 @@ TOKEN_ENV = "KF_PIPELINES_TOKEN"
 DEFAULT_EXPERIMENT = "spf-portrait"
 CHAMPION_ALIAS = "champion"
 DATA_HASH_TAG = "data_hash"
+
+
+class _Client(kfp.Client):
+    """kfp's client, except that the health probe it sends on start-up is tried once: kfp retries it five times
+    with 5 s sleeps and logs a traceback each time, which turns a wrong token into half a minute of noise."""
+
+    def get_kfp_healthz(self, sleep_duration: int = 5) -> Any:  # noqa: ARG002 - kfp's signature
+        return self._healthz_api.healthz_service_get_healthz()
+
+
+def _short(text: str, limit: int = 200) -> str:
+    return " ".join(str(text).split())[:limit]
+
+
+def _api_message(e: kfp_server_api.ApiException) -> str:
+    """The server's own words from an error body (KFP answers JSON with ``error``/``message``), else the reason."""
+    body = e.body.decode("utf-8", "replace") if isinstance(e.body, bytes) else (e.body or "")
+    try:
+        doc = json.loads(body)
+        text = (doc.get("message") or doc.get("error")) if isinstance(doc, dict) else None
+    except ValueError:
+        text = None
+    if not text and body and not body.lstrip().startswith("<"):  # an HTML login page says nothing useful
+        text = body
+    return _short(text or e.reason or "")
+
+
+def _network_reason(e: BaseException) -> str:
+    text = str(e)
+    m = re.search(r"\[Errno -?\d+\] ([^'\")]+)", text)
+    if m:
+        return m.group(1).strip()
+    for marker in ("timed out", "Name or service not known", "certificate verify failed", "Connection refused"):
+        if marker in text:
+            return marker
+    return type(e).__name__
+
+
+@contextlib.contextmanager
+def server_errors(host: str | None) -> Iterator[None]:
+    """Turn whatever the KFP client raises (urllib3 connection errors, ``ApiException`` with a status, kube config
+    errors) into ONE ``SpfError`` line naming the server and what to check; nothing else reaches the user."""
+    import urllib3
+
+    target = host or "the Kubeflow API (no --host: kube context, else http://localhost)"
+    try:
+        yield
+    except SpfError:
+        raise
+    except kfp_server_api.ApiException as e:
+        status = e.status or 0
+        if status in (401, 403):
+            raise SpfError(f"{target}: authentication refused (HTTP {status} {e.reason}): check --token / "
+                           f"${TOKEN_ENV}, or --namespace in multi-user Kubeflow ({_api_message(e)})") from None
+        if status == 0:
+            raise SpfError(f"{target}: cannot reach Kubeflow Pipelines ({_api_message(e)})") from None
+        raise SpfError(f"{target}: Kubeflow Pipelines answered HTTP {status} {e.reason}: {_api_message(e)}") from None
+    except (urllib3.exceptions.HTTPError, ConnectionError, TimeoutError) as e:
+        raise SpfError(f"{target}: cannot reach Kubeflow Pipelines ({_network_reason(e)})") from None
+    except Exception as e:  # kube config errors, a proxy answering something that is not the KFP API, ...
+        raise SpfError(f"{target}: {type(e).__name__}: {_short(str(e)) or 'no details'}") from None
 
 
 def connect(
@@ -54,7 +118,14 @@ def connect(
                               "kube_context": kube_context, "verify_ssl": verify_ssl}
     if namespace:
         kwargs["namespace"] = namespace
-    return kfp.Client(**{k: v for k, v in kwargs.items() if v is not None})
+    import io
+    import warnings
+
+    # kfp warns about backend versions on every start and prints (not logs) "Failed to load kube config." before
+    # falling back to http://localhost; our error for an unreachable server names that fallback instead.
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore", FutureWarning)
+        return _Client(**{k: v for k, v in kwargs.items() if v is not None})
 
 
 def compile_package(pipeline_func: Any, package_path: str | Path) -> Path:
@@ -225,17 +296,42 @@ class RetrainDecision:
 
 def champion_data_hash(model_name: str, tracking_uri: str | None = None) -> str | None:
     """``data_hash`` tag of the model version that holds the ``champion`` alias; None when there is no champion."""
+    import dataclasses
+
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
-    try:
-        mv = client.get_model_version_by_alias(model_name, CHAMPION_ALIAS)
-    except MlflowException as e:
-        if e.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"):
-            return None
-        raise
-    return (mv.tags or {}).get(DATA_HASH_TAG)
+    from spf_lib.registry.session import mlflow_session, redact_uri, with_retries
+    from spf_lib.settings import Settings
+
+    settings = Settings.from_env()
+    if tracking_uri:
+        settings = dataclasses.replace(settings, tracking_uri=tracking_uri, registry_uri=None)
+
+    def lookup() -> str | None:
+        client = MlflowClient(tracking_uri=settings.tracking_uri, registry_uri=settings.tracking_uri)
+        try:
+            mv = client.get_model_version_by_alias(model_name, CHAMPION_ALIAS)
+        except MlflowException as e:
+            if e.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"):
+                return None
+            raise
+        return (mv.tags or {}).get(DATA_HASH_TAG)
+
+    # MLflow's own client retries for minutes; the session shortens that and with_retries ends in one line.
+    # A first look at an empty sqlite store logs its table creation at INFO: not news for this command.
+    mlflow_log = logging.getLogger("mlflow")
+    level = mlflow_log.level
+    mlflow_log.setLevel(max(level, logging.WARNING))
+    with contextlib.ExitStack() as stack:
+        stack.callback(mlflow_log.setLevel, level)
+        stack.enter_context(mlflow_session(settings))
+        try:
+            return with_retries("retrain-if-changed: champion lookup", lookup,
+                                target=redact_uri(settings.tracking_uri))
+        except MlflowException as e:
+            raise SpfError(f"{redact_uri(settings.tracking_uri)}: MLflow answered {e.error_code}: "
+                           f"{_short(e.message)}") from None
 
 
 def retrain_if_changed(

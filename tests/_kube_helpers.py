@@ -111,6 +111,8 @@ class FakeKfp:
         self.versions: dict[str, list[dict]] = {}
         self.experiments: dict[str, dict] = {}
         self.recurring: dict[str, dict] = {}
+        self.required_token: str | None = None  # when set, other bearer tokens get 401 like an auth proxy's
+        self.fail: dict[tuple[str, str], int] = {}  # (method, path) -> status to answer instead (e.g. 500)
         self._ids = itertools.count(1)
         owner = self
 
@@ -169,6 +171,12 @@ class FakeKfp:
 
     def answer(self, req: dict) -> tuple[int, dict]:
         m, path, q, body = req["method"], req["path"], req["query"], req["json"]
+        if self.required_token and req["headers"].get("authorization") != f"Bearer {self.required_token}":
+            return 401, {"error": "Unauthorized", "code": 16, "message": "request is not authenticated"}
+        if (m, path) in self.fail:
+            status = self.fail[(m, path)]
+            return status, {"error": f"fake KFP: injected {status}", "code": 13,
+                            "message": f"injected failure for {m} {path}"}
         if path == f"{API}/healthz":
             return 200, {"multi_user": self.multi_user}
         if path == f"{API}/pipelines" and m == "GET":

@@ -74,7 +74,7 @@ def run_cmd(
 # is imported inside each command, never at module level.
 # ======================================================================================================================
 
-from typing import Annotated as _A
+_A = Annotated
 
 _HostOpt = _A[str | None, typer.Option("--host", envvar="KF_PIPELINES_ENDPOINT",
                                        help="KFP API URL; omit to use the current kube context")]
@@ -83,7 +83,8 @@ _TokenOpt = _A[str | None, typer.Option("--token", envvar="KF_PIPELINES_TOKEN", 
                                         help="bearer token (e.g. `kubectl create token`); not echoed")]
 _SaTokenOpt = _A[str | None, typer.Option("--sa-token-path", help="projected service-account token file (in-cluster)")]
 _CtxOpt = _A[str | None, typer.Option("--kube-context", help="kubeconfig context when --host is omitted")]
-_ParamOpt = _A[list[str] | None, typer.Option("--param", "-p", help="pipeline parameter k=v (v parsed as JSON if it can)")]
+_ParamOpt = _A[list[str] | None, typer.Option("--param", "-p",
+                                              help="pipeline parameter k=v (v parsed as JSON if it can)")]
 _ExpOpt = _A[str, typer.Option("--experiment", help="KFP experiment")]
 
 
@@ -97,19 +98,22 @@ def _connect(host, namespace, token, sa_token_path, kube_context):
 def upload_cmd(
     package: _A[Path, typer.Option("--package", help="compiled pipeline YAML")],
     name: _A[str, typer.Option("--name", help="pipeline name on the server")] = "spf-portrait",
-    version: _A[str | None, typer.Option("--version", help="default: <package version>-<git sha>[-dirty-<hash>]")] = None,
+    version: _A[str | None, typer.Option("--version",
+                                         help="default: <package version>-<git sha>[-dirty-<hash>]")] = None,
     description: _A[str, typer.Option("--description")] = "",
     host: _HostOpt = None, namespace: _NsOpt = None, token: _TokenOpt = None, sa_token_path: _SaTokenOpt = None,
     kube_context: _CtxOpt = None,
 ) -> None:
     """Upload a compiled pipeline as a new version (creating the pipeline on first upload)."""
-    from pipelines.client import upload
+    from pipelines.client import server_errors, upload
     from pipelines.versioning import version_name
 
     if not package.is_file():
         raise SpfError(f"{package}: pipeline package not found (compile it first: spf pipeline compile)")
     version = version or version_name(package)
-    ref = upload(_connect(host, namespace, token, sa_token_path, kube_context), package, name, version, description)
+    with server_errors(host):
+        ref = upload(_connect(host, namespace, token, sa_token_path, kube_context), package, name, version,
+                     description)
     typer.echo(json.dumps({"pipeline_id": ref.pipeline_id, "version_id": ref.version_id, "version": version}))
 
 
@@ -126,12 +130,13 @@ def submit_cmd(
     kube_context: _CtxOpt = None,
 ) -> None:
     """Start one run on Kubeflow."""
-    from pipelines.client import submit
+    from pipelines.client import server_errors, submit
 
     params = parse_params(param)
-    run_id = submit(_connect(host, namespace, token, sa_token_path, kube_context), params=params, package=package,
-                    pipeline=pipeline, version=version, experiment=experiment, run_name=run_name,
-                    namespace=namespace, service_account=service_account)
+    with server_errors(host):
+        run_id = submit(_connect(host, namespace, token, sa_token_path, kube_context), params=params,
+                        package=package, pipeline=pipeline, version=version, experiment=experiment,
+                        run_name=run_name, namespace=namespace, service_account=service_account)
     typer.echo(json.dumps({"run_id": run_id}))
 
 
@@ -149,14 +154,15 @@ def schedule_cmd(
     kube_context: _CtxOpt = None,
 ) -> None:
     """Create a recurring run (max one at a time, no catch-up)."""
-    from pipelines.client import schedule
+    from pipelines.client import schedule, server_errors
     from pipelines.versioning import six_field_cron
 
     cron6 = six_field_cron(cron)  # fail on a bad field before connecting
     params = parse_params(param)
-    rid = schedule(_connect(host, namespace, token, sa_token_path, kube_context), pipeline=pipeline, cron=cron6,
-                   job_name=job_name, params=params, version=version, experiment=experiment, namespace=namespace,
-                   service_account=service_account, replace=replace)
+    with server_errors(host):
+        rid = schedule(_connect(host, namespace, token, sa_token_path, kube_context), pipeline=pipeline,
+                       cron=cron6, job_name=job_name, params=params, version=version, experiment=experiment,
+                       namespace=namespace, service_account=service_account, replace=replace)
     typer.echo(json.dumps({"recurring_run_id": rid, "cron": cron6}))
 
 
@@ -173,17 +179,18 @@ def retrain_if_changed_cmd(
     kube_context: _CtxOpt = None,
 ) -> None:
     """Submit a run only if data.dvc differs from the data hash on the current champion model."""
-    from pipelines.client import retrain_if_changed
+    from pipelines.client import retrain_if_changed, server_errors
     from spf_lib.settings import Settings, quiet_third_parties
 
     quiet_third_parties()
     settings = Settings.from_env()
     if package is None and pipeline is None:
         pipeline = "spf-portrait"
-    decision = retrain_if_changed(
-        lambda: _connect(host, namespace, token, sa_token_path, kube_context),
-        dvc_file=dvc_file, model_name=model_name or settings.model_name, tracking_uri=settings.tracking_uri,
-        params=parse_params(param), package=package, pipeline=pipeline, version=version, experiment=experiment,
-        namespace=namespace,
-    )
+    with server_errors(host):
+        decision = retrain_if_changed(
+            lambda: _connect(host, namespace, token, sa_token_path, kube_context),
+            dvc_file=dvc_file, model_name=model_name or settings.model_name, tracking_uri=settings.tracking_uri,
+            params=parse_params(param), package=package, pipeline=pipeline, version=version, experiment=experiment,
+            namespace=namespace,
+        )
     typer.echo(json.dumps(decision.__dict__))
