@@ -38,15 +38,52 @@ def compile_cmd(
     output: Annotated[Path, typer.Option("-o", "--output", help="where to write the pipeline YAML")] = Path(
         "spf-portrait-pipeline.yaml"),
     version: Annotated[str | None, typer.Option(help="pipeline version (default: package version + git sha)")] = None,
+    image: Annotated[str | None, typer.Option(
+        "--image", help="component image REPO[:TAG] (GPU steps get TAG-cuda); default: "
+        "ghcr.io/spf-portrait/spf:<version>-g<git sha>, see `spf pipeline image`")] = None,
 ) -> None:
     """Compile the pipeline to a KFP IR YAML file."""
+    from components._common import image_pair
+
+    cpu_image, gpu_image = image_pair(image) if image else (None, None)  # a bad --image fails before compiling
     from pipelines.portrait import compile_pipeline
     from spf_lib.io import atomic_path
 
     with atomic_path(output) as tmp:
-        compile_pipeline(str(tmp.with_suffix(".yaml")), version=version)
-        tmp.with_suffix(".yaml").replace(tmp)
-    typer.echo(f"wrote {output}")
+        compiled = tmp.with_suffix(".yaml")
+        compile_pipeline(str(compiled), version=version)
+        if image:
+            _retarget(compiled, cpu_image, gpu_image)
+        compiled.replace(tmp)
+    typer.echo(f"wrote {output}" + (f" (images {cpu_image}, {gpu_image})" if image else ""))
+
+
+def _retarget(package: Path, cpu_image: str, gpu_image: str) -> None:
+    """Rewrite the executors' images in a compiled package (YAML: the pipeline spec, then the platform spec)."""
+    import yaml
+
+    from components._common import retarget_images
+
+    spec, *rest = list(yaml.safe_load_all(package.read_text()))
+    if not retarget_images(spec, cpu_image, gpu_image):
+        raise SpfError(f"{package}: no executor uses the project image; nothing to retarget")
+    package.write_text(yaml.safe_dump_all([spec, *rest], sort_keys=False))
+
+
+@app.command("image")
+def image_cmd(
+    image: Annotated[str | None, typer.Option("--image", help="REPO[:TAG] to expand (default: ours)")] = None,
+    gpu: Annotated[bool, typer.Option("--gpu", help="print only the GPU (-cuda) image")] = False,
+    cpu: Annotated[bool, typer.Option("--cpu", help="print only the CPU image")] = False,
+) -> None:
+    """Print the component images a compile would use (for `docker build -t "$(spf pipeline image --cpu)"`)."""
+    from components._common import image_pair
+
+    cpu_image, gpu_image = image_pair(image)
+    if cpu or gpu:
+        typer.echo(gpu_image if gpu else cpu_image)
+    else:
+        typer.echo(f"{cpu_image}\n{gpu_image}")
 
 
 @app.command("run")
