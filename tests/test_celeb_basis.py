@@ -110,14 +110,14 @@ def test_train_export_reload_and_generate(setup, tmp_path):
 
     root, model, data = setup
     res = train(identity_cfg(tmp_path, model, data, "celeb-basis", steps=3,
-                             celeb_basis={"face_encoder": STUB_ENCODER}))
+                             celeb_basis={"face_encoder": STUB_ENCODER, "coef_momentum": 0}))
     adapter = Path(res.adapter_dir)
     info = json.loads((adapter / "adapter_info.json").read_text())
     assert info["loader"] == "spf_lib.methods.celeb_basis.adapter:load"
     assert [i["trigger"] for i in info["identities"]] == ["sks", "xyz"]
     codes = load_file(str(adapter / "identity_codes.safetensors"))
     assert tuple(codes["coefficients"].shape) == (2, 2, 32) and info["numbers_per_identity"] == 64
-    # the exported codes are exactly what the trained MLP gives for each identity's face vector
+    # momentum 0: the exported codes are exactly what the trained MLP gives for each identity's face vector
     mlp_t = load_file(str(adapter / "celeb_basis_mlp.safetensors"))
     mlp = CelebBasisMLP(mlp_t["linear.weight"].shape[1], codes["basis"])
     mlp.load_state_dict({k: v for k, v in mlp_t.items() if k.startswith("linear.")})
@@ -158,3 +158,59 @@ def test_training_path_equals_table_path(setup, tmp_path):
         m.set_enabled(ctx, True)
         b = ctx.text_encoder(ids)[0]
     assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_official_init_is_equal_linear_and_torch_init_is_not():
+    import torch
+
+    from spf_lib.methods.celeb_basis.model import CelebBasisMLP
+
+    basis = torch.randn(2, 65, 32)
+    torch.manual_seed(0)
+    off = CelebBasisMLP(512, basis, init="official")
+    torch.manual_seed(0)
+    tor = CelebBasisMLP(512, basis, init="torch")
+    assert abs(float(off.linear.weight.detach().std()) - 1.0) < 0.02 and float(off.linear.bias.detach().abs().max()) == 0.0
+    assert float(tor.linear.weight.detach().abs().max()) <= 1 / 512 ** 0.5 + 1e-6
+    face = torch.nn.functional.normalize(torch.randn(3, 512), dim=1)
+    scaled = CelebBasisMLP(512, basis, init="official", lr_mul=0.1)
+    scaled.load_state_dict(off.state_dict())
+    # LeakyReLU is positively homogeneous and the rows are L2-normalised: a runtime scale changes no output
+    assert torch.allclose(scaled.coefficients(face), off.coefficients(face), atol=1e-6)
+
+
+def test_export_is_the_momentum_average_of_the_forward_outputs(setup, tmp_path):
+    """coef_momentum m: after each forward c_ema = m·c_ema + (1-m)·c (per batch row); the adapter stores c_ema,
+    checkpoints carry it (resume continues it), and validation writes it into the table."""
+    import torch
+    from safetensors.torch import load_file
+
+    from spf_lib.train.run import Trainer
+
+    root, model, data = setup
+    m_ = 0.5
+    tr = Trainer(identity_cfg(tmp_path, model, data, "celeb-basis", lr=5e-2,
+                              celeb_basis={"face_encoder": STUB_ENCODER, "coef_momentum": m_}))
+    m = tr.method
+    with torch.no_grad():
+        ema = m.mlp.coefficients(m.face).clone()
+    for step in range(3):
+        rows = [m.row_identity[i] for i in tr.source.batch(step)["index"]]
+        with torch.no_grad():
+            c = m.mlp.coefficients(m.face)
+        for i in rows:
+            ema[i] = m_ * ema[i] + (1 - m_) * c[i]
+        tr.train_step()
+    with torch.no_grad():
+        last = m.mlp.coefficients(m.face)
+    assert not torch.allclose(ema, last, atol=1e-4)                  # the average is not the last output
+    out = tmp_path / "adapter"
+    out.mkdir()
+    m.save_adapter(tr.ctx, out)
+    assert torch.allclose(load_file(str(out / "identity_codes.safetensors"))["coefficients"], ema, atol=1e-6)
+    assert torch.allclose(m.state_dict()["coef_ema"], ema, atol=1e-6)
+    m.set_enabled(tr.ctx, True)
+    from spf_lib.methods.celeb_basis.basis import embed_coefficients
+
+    rows = tr.ctx.text_encoder.get_input_embeddings().weight[m.token_ids[0]]
+    assert torch.allclose(rows, embed_coefficients(ema, m.mlp.basis)[0], atol=1e-5)

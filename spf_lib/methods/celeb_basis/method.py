@@ -83,7 +83,10 @@ class CelebBasisMethod:
         self.token_ids = [add_placeholder_tokens(ctx.tokenizer, ctx.text_encoder, toks) for toks in self.tokens]
         ctx.text_encoder.to(ctx.device)
         torch.manual_seed(ctx.cfg.seed)
-        self.mlp = CelebBasisMLP(int(faces.shape[1]), cb.basis, o.negative_slope).to(ctx.device)
+        self.mlp = CelebBasisMLP(int(faces.shape[1]), cb.basis, o.negative_slope, init=o.mlp_init,
+                                 lr_mul=o.lr_mul).to(ctx.device)
+        with torch.no_grad():   # the running average starts at the initial output (official: N(0, 1) draws)
+            self.coef_ema = self.mlp.coefficients(self.face).detach().clone()
         self.override = TokenOverride(ctx.text_encoder)
         self.face_encoder_name = getattr(encoder, "name", o.face_encoder)
         self._write_rows(ctx)
@@ -93,6 +96,25 @@ class CelebBasisMethod:
     def embeddings(self):
         """(n_identities, 2, D) token embeddings from the current MLP."""
         return self.mlp(self.face)
+
+    def exported_coefficients(self):
+        """(n_identities, 2, k): what the adapter stores and generation uses: the running average of the MLP's
+        outputs (coef_momentum > 0, the official export) or the current output."""
+        import torch
+
+        if self.opts.coef_momentum > 0:
+            return self.coef_ema.detach().clone()
+        with torch.no_grad():
+            return self.mlp.coefficients(self.face)
+
+    def _update_ema(self, coef, rows: list[int]) -> None:
+        """One momentum update per batch row, with that row's identity (as the official training step does)."""
+        m = self.opts.coef_momentum
+        if m <= 0:
+            return
+        c = coef.detach()
+        for i in rows:
+            self.coef_ema[i] = m * self.coef_ema[i] + (1 - m) * c[i]
 
     def placeholder(self, i: int) -> str:
         return " ".join(self.tokens[i])
@@ -106,7 +128,11 @@ class CelebBasisMethod:
                    for j, i in enumerate(idx)]
         latents = ctx.encode_images(batch["pixel_values"])
         noisy, _, timesteps, target = ctx.add_noise(latents)
-        emb = self.embeddings()
+        from spf_lib.methods.celeb_basis.basis import embed_coefficients
+
+        coef = self.mlp.coefficients(self.face)
+        self._update_ema(coef, [self.row_identity[i] for i in idx])
+        emb = embed_coefficients(coef, self.mlp.basis)
         values = {tid: emb[i, c] for i, ids in enumerate(self.token_ids) for c, tid in enumerate(ids)}
         with self.override.use(values):
             hidden = ctx.text_encoder(ctx.tokenize(prompts))[0]
@@ -116,18 +142,26 @@ class CelebBasisMethod:
 
     # -- state ------------------------------------------------------------------------------------------------
     def state_dict(self) -> dict:
-        return {k: v.detach().clone() for k, v in self.mlp.state_dict().items()}
+        # the running average is training state too: resume must continue it, not restart it
+        return {**{k: v.detach().clone() for k, v in self.mlp.state_dict().items()},
+                "coef_ema": self.coef_ema.detach().clone()}
 
     def load_state_dict(self, sd: dict) -> None:
+        sd = dict(sd)
+        ema = sd.pop("coef_ema", None)
         self.mlp.load_state_dict(sd)
+        if ema is not None:
+            self.coef_ema = ema.to(self.coef_ema.device, self.coef_ema.dtype).clone()
 
     def _write_rows(self, ctx: Any) -> None:
         import torch
 
         from spf_lib.methods.celeb_basis.tokens import write_token_rows
 
-        with torch.no_grad():
-            emb = self.embeddings()
+        from spf_lib.methods.celeb_basis.basis import embed_coefficients
+
+        with torch.no_grad():   # the exported code, so validation grids show what a loaded adapter generates
+            emb = embed_coefficients(self.exported_coefficients(), self.mlp.basis)
         for i, ids in enumerate(self.token_ids):
             write_token_rows(ctx.text_encoder, ids, emb[i])
 
@@ -146,11 +180,9 @@ class CelebBasisMethod:
         return text
 
     def save_adapter(self, ctx: Any, out_dir: Path) -> dict:
-        import torch
         from safetensors.torch import save_file
 
-        with torch.no_grad():
-            coef = self.mlp.coefficients(self.face).cpu().contiguous()
+        coef = self.exported_coefficients().cpu().contiguous()
         save_file({"coefficients": coef, "basis": self.mlp.basis.cpu().contiguous()}, str(Path(out_dir) / CODES_FILE))
         save_file({**{k: v.cpu().contiguous() for k, v in self.mlp.state_dict().items()},
                    "face_embeddings": self.face.cpu().contiguous()}, str(Path(out_dir) / MLP_FILE))
@@ -159,4 +191,6 @@ class CelebBasisMethod:
             "identities": [{"trigger": t, "tokens": toks} for t, toks in zip(self.triggers, self.tokens)],
             "numbers_per_identity": int(coef[0].numel()), "face_encoder": self.face_encoder_name,
             "names_file": self.opts.names_file or "spf_lib/assets/celeb_names.txt", **self.basis_info,
+            "mlp_init": self.opts.mlp_init, "lr_mul": self.opts.lr_mul, "coef_momentum": self.opts.coef_momentum,
+            "trainable_params": sum(p.numel() for p in self.mlp.parameters()),
         }

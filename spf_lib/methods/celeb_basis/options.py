@@ -32,6 +32,13 @@ class CelebBasisOptions(BaseModel):
         "mean", description="Name words that are several tokens: average them, take the first, or drop the name")
     face_encoder: str = Field("dlib", description="'dlib', a path to an ArcFace/CosFace .onnx, or a registered name")
     negative_slope: float = Field(0.2, ge=0, description="LeakyReLU slope after the linear layer")
+    mlp_init: Literal["official", "torch"] = Field(
+        "official", description="official: EqualLinear weights N(0, 1), bias 0, scaled by lr_mul at run time (the "
+                                "official code); torch: nn.Linear's default uniform(±1/sqrt(F)) init")
+    lr_mul: float = Field(1.0, gt=0, description="EqualLinear runtime scale of weight and bias (official: 1.0)")
+    coef_momentum: float = Field(
+        0.99, ge=0, lt=1, description="Export a running average of each identity's coefficients, updated at every "
+                                      "forward with this momentum (official: 0.99); 0 = export the last MLP output")
     trigger: Trigger = Field("sks", description="Prompt word of the identity when the manifest has no identity column")
     identity_column: str = Field("identity", description="Manifest column naming each row's identity (optional)")
     templates: list[str] = Field(default_factory=lambda: list(DEFAULT_TEMPLATES),
