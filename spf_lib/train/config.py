@@ -99,6 +99,8 @@ class ValidationOptions(_Strict):
 
 
 class TrainConfig(_Strict):
+    """One training run. Strict: an unknown or misspelt field is an error naming it, never a silent default."""
+
     method: MethodName = "lora"
     base_model: str = Field(..., min_length=1, description="local folder, hub id or s3://bucket/prefix")
     data_dir: str = Field(..., min_length=1, description="a `spf data prepare` output folder (manifest.parquet)")
