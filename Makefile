@@ -22,7 +22,7 @@ test: setup setup-system
 	$(PY) -m pytest -q
 
 test-fast: setup
-	$(PY) -m pytest -q -m "not slow and not integration"
+	$(PY) -m pytest -q -m "not slow and not integration and not arch"
 
 lint: setup
 	$(VENV)/bin/ruff check spf_lib components pipelines bench tests

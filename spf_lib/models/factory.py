@@ -182,3 +182,8 @@ def save_tiny_clip(out_dir: str | Path, cfg: TinyCLIPConfig | None = None, seed:
         tok.save_pretrained(tmp)
         proc.save_pretrained(tmp)
     return out
+
+
+# The published architectures at full size (random weights) live next door; re-exported so "the model factory" is
+# one import for callers that build either kind.
+from spf_lib.models.architectures import build_architecture, build_sd15_pipeline  # noqa: E402,F401

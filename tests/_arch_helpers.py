@@ -1,0 +1,45 @@
+"""Shared by the real-architecture tests: one training step on a pipeline built once per module, and the cleanup
+that returns that pipeline to its original state for the next test (adapters and capture processors removed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+RESOLUTION = 128
+
+
+def arch_trainer(pipe, tmp: Path, method: str, **kw):
+    """A Trainer on ``pipe`` at 128 px, batch 1, fp32, SPF in stage 2 from step 0."""
+    from _train_helpers import make_dataset
+
+    from spf_lib.train.config import TrainConfig
+    from spf_lib.train.run import Trainer
+
+    data = make_dataset(tmp / "data", n=2, size=RESOLUTION)
+    values = {"method": method, "base_model": "random-init", "data_dir": str(data),
+              "output_dir": str(tmp / f"out-{method}"), "steps": 1, "seed": 0, "lr": 1e-3, "resolution": RESOLUTION,
+              "batch_size": 1, "device": "cpu", "validation": {"enabled": False}}
+    values.update(kw)
+    values["spf"] = {"stage1_steps": 0, **kw.get("spf", {})}
+    cfg = TrainConfig.build("test", **values)
+    return Trainer(cfg, pipe=pipe)
+
+
+def reset(pipe) -> None:
+    """Drop every adapter and capture processor so the next test starts from the original model."""
+    from spf_lib.models.attention import remove_capture
+
+    denoiser = getattr(pipe, "unet", None) or pipe.transformer
+    remove_capture(denoiser)
+    if getattr(denoiser, "peft_config", None):
+        denoiser.delete_adapters(list(denoiser.peft_config))
+    denoiser.eval()
+    denoiser.requires_grad_(False)
+
+
+def frozen_checksum(module) -> float:
+    """Sum of every non-adapter weight: any change to the frozen model moves it."""
+    import torch
+
+    with torch.no_grad():
+        return float(sum(p.double().sum() for n, p in module.named_parameters() if "lora_" not in n))
