@@ -70,3 +70,34 @@ def synth(
         raise SpfError(f"spf data synth: spf_lib.data.synth.synth_dataset is not available yet ({e})") from e
     path = synth_dataset(output_dir, n=n, seed=seed)
     typer.echo(f"wrote {n} synthetic portraits to {path}")
+
+
+@app.command("add")
+def add(
+    folder: Annotated[Path, typer.Argument(help="folder of portraits with captions (captions.jsonl/.csv/.txt)")],
+    repo: Annotated[Path | None, typer.Option("--repo", help="git repo to hold it as data/ (default: the one "
+                                              "around the current directory, else a new one here)")] = None,
+    remote: Annotated[str | None, typer.Option("--remote", help="DVC remote URL (folder, s3://...); default: the "
+                                               "repo's, else .spf/dvc-remote in the repo")] = None,
+    message: Annotated[str | None, typer.Option("--message", "-m", help="commit message")] = None,
+    config: Annotated[Path | None, typer.Option("--config", help="PrepareConfig (caption rules) as YAML/JSON")] = None,
+    git_push: Annotated[bool, typer.Option("--git-push", help="also git push the commit to origin "
+                                           "(a cluster reads the revision from there)")] = False,
+) -> None:
+    """Check a folder like `prepare` does, version it with DVC as data/, push it, commit, print the data_rev."""
+    from spf_lib.data.config import PrepareConfig
+    from spf_lib.data.dvc_io import PrecheckFailed, add_data
+    from spf_lib.settings import quiet_third_parties
+
+    quiet_third_parties()
+    cfg = PrepareConfig.from_file(config) if config else None
+    try:
+        r = add_data(folder, repo, remote_url=remote, message=message, git_push=git_push, check_config=cfg)
+    except PrecheckFailed as e:
+        for line in e.problems:
+            typer.echo(f"  {line}", err=True)
+        raise
+    state = "committed" if r.committed else "unchanged (already this revision)"
+    typer.echo(f"data: {r.n_files} files, dvc md5 {r.data_hash}, pushed to {r.remote}; {state}")
+    typer.echo(f"data_rev={r.rev}")
+    typer.echo(f"next: spf pipeline run --data-repo {r.data_repo} --rev {r.rev} --base-model MODEL")

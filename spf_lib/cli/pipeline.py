@@ -43,6 +43,11 @@ def compile_cmd(
         "ghcr.io/spf-portrait/spf:<version>-g<git sha>, see `spf pipeline image`")] = None,
 ) -> None:
     """Compile the pipeline to a KFP IR YAML file."""
+    cpu_image, gpu_image = _compile(output, version, image)
+    typer.echo(f"wrote {output}" + (f" (images {cpu_image}, {gpu_image})" if image else ""))
+
+
+def _compile(output: Path, version: str | None, image: str | None) -> tuple[str | None, str | None]:
     from components._common import image_pair
 
     cpu_image, gpu_image = image_pair(image) if image else (None, None)  # a bad --image fails before compiling
@@ -55,7 +60,7 @@ def compile_cmd(
         if image:
             _retarget(compiled, cpu_image, gpu_image)
         compiled.replace(tmp)
-    typer.echo(f"wrote {output}" + (f" (images {cpu_image}, {gpu_image})" if image else ""))
+    return cpu_image, gpu_image
 
 
 def _retarget(package: Path, cpu_image: str, gpu_image: str) -> None:
@@ -90,7 +95,8 @@ def image_cmd(
 def run_cmd(
     data_repo: Annotated[str, typer.Option(help="git repo (path or URL) holding data.dvc")],
     base_model: Annotated[str, typer.Option(help="local folder, hub id or s3:// prefix")],
-    data_rev: Annotated[str, typer.Option(help="git revision of the data repo")] = "HEAD",
+    data_rev: Annotated[str, typer.Option("--rev", "--data-rev", help="git revision of the data repo (the "
+                                          "data_rev `spf data add` printed)")] = "HEAD",
     method: Annotated[str, typer.Option(help="lora | spf | celeb-basis | beyond-inserting")] = "spf",
     param: Annotated[list[str] | None, typer.Option("--param", "-p", help="extra pipeline parameter KEY=VALUE")] = None,
     pipeline_root: Annotated[Path, typer.Option(help="where local task outputs go")] = Path(".spf/pipeline-root"),
@@ -125,6 +131,23 @@ _ParamOpt = _A[list[str] | None, typer.Option("--param", "-p",
 _ExpOpt = _A[str, typer.Option("--experiment", help="KFP experiment")]
 
 
+_DataRepoOpt = _A[str | None, typer.Option("--data-repo", help="git URL of the data repo (data.dvc at its top)")]
+_RevOpt = _A[str | None, typer.Option("--rev", "--data-rev", help="its git revision (a commit sha)")]
+_BaseOpt = _A[str | None, typer.Option("--base-model", help="hub id, s3:// prefix or a path the pods can read")]
+_MethodOpt = _A[str | None, typer.Option("--method", help="lora | spf | celeb-basis | beyond-inserting")]
+
+
+def _named_params(data_repo, data_rev, base_model, method) -> dict[str, object]:
+    """The options `spf pipeline run` has, as pipeline parameters (they override the same key given with -p)."""
+    if method is not None:
+        from spf_lib.methods import METHODS
+
+        if method not in METHODS:
+            raise SpfError(f"--method {method!r}: expected one of {', '.join(METHODS)}")
+    named = {"data_repo": data_repo, "data_rev": data_rev, "base_model": base_model, "method": method}
+    return {k: v for k, v in named.items() if v is not None}
+
+
 def _connect(host, namespace, token, sa_token_path, kube_context):
     from pipelines.client import connect
 
@@ -133,7 +156,9 @@ def _connect(host, namespace, token, sa_token_path, kube_context):
 
 @app.command("upload")
 def upload_cmd(
-    package: _A[Path, typer.Option("--package", help="compiled pipeline YAML")],
+    package: _A[Path | None, typer.Option("--package", help="compiled pipeline YAML (default: compile this "
+                                          "checkout now)")] = None,
+    image: _A[str | None, typer.Option("--image", help="with no --package: component image REPO[:TAG]")] = None,
     name: _A[str, typer.Option("--name", help="pipeline name on the server")] = "spf-portrait",
     version: _A[str | None, typer.Option("--version",
                                          help="default: <package version>-<git sha>[-dirty-<hash>]")] = None,
@@ -142,15 +167,23 @@ def upload_cmd(
     kube_context: _CtxOpt = None,
 ) -> None:
     """Upload a compiled pipeline as a new version (creating the pipeline on first upload)."""
+    import tempfile
+
     from pipelines.client import server_errors, upload
     from pipelines.versioning import version_name
 
-    if not package.is_file():
-        raise SpfError(f"{package}: pipeline package not found (compile it first: spf pipeline compile)")
-    version = version or version_name(package)
-    with server_errors(host):
-        ref = upload(_connect(host, namespace, token, sa_token_path, kube_context), package, name, version,
-                     description)
+    with tempfile.TemporaryDirectory(prefix="spf-upload-") as tmp:
+        if package is None:
+            package = Path(tmp) / "spf-portrait.yaml"
+            _compile(package, None, image)
+        elif image:
+            raise SpfError("--image: only without --package (the package already names its images)")
+        if not package.is_file():
+            raise SpfError(f"{package}: pipeline package not found (compile it first: spf pipeline compile)")
+        version = version or version_name(package)
+        with server_errors(host):
+            ref = upload(_connect(host, namespace, token, sa_token_path, kube_context), package, name, version,
+                         description)
     typer.echo(json.dumps({"pipeline_id": ref.pipeline_id, "version_id": ref.version_id, "version": version}))
 
 
@@ -161,15 +194,16 @@ def submit_cmd(
     version: _A[str | None, typer.Option("--version", help="pipeline version (default: newest)")] = None,
     experiment: _ExpOpt = "spf-portrait",
     param: _ParamOpt = None,
+    data_repo: _DataRepoOpt = None, data_rev: _RevOpt = None, base_model: _BaseOpt = None, method: _MethodOpt = None,
     run_name: _A[str | None, typer.Option("--run-name")] = None,
     service_account: _A[str | None, typer.Option("--service-account")] = None,
     host: _HostOpt = None, namespace: _NsOpt = None, token: _TokenOpt = None, sa_token_path: _SaTokenOpt = None,
     kube_context: _CtxOpt = None,
 ) -> None:
-    """Start one run on Kubeflow."""
+    """Start one run on Kubeflow (the same --data-repo/--rev/--base-model/--method as `spf pipeline run`)."""
     from pipelines.client import server_errors, submit
 
-    params = parse_params(param)
+    params = {**parse_params(param), **_named_params(data_repo, data_rev, base_model, method)}
     with server_errors(host):
         run_id = submit(_connect(host, namespace, token, sa_token_path, kube_context), params=params,
                         package=package, pipeline=pipeline, version=version, experiment=experiment,

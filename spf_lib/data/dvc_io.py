@@ -203,3 +203,157 @@ def read_data_ref(folder: str | Path) -> dict[str, str]:
         return json.loads(p.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return {}
+
+
+# ---- `spf data add`: a folder of portraits -> a data revision the pipeline can run ------------------------------
+
+REMOTE_NAME = "storage"
+LOCAL_REMOTE = Path(".spf") / "dvc-remote"  # under the repo root; git-ignored; no server needed
+
+
+@dataclass(frozen=True)
+class AddResult:
+    repo: Path  # the git+DVC repository now holding `data` (data.dvc at its top)
+    rev: str  # full sha of the commit that holds this data.dvc: the pipeline's data_rev
+    data_hash: str  # DVC md5 of `data`
+    n_files: int
+    committed: bool  # False when the data was already that revision's (nothing to commit)
+    remote: str  # where the data was pushed (DVC remote URL)
+    data_repo: str  # what to pass as data_repo: the git remote `origin` when there is one, else the repo path
+
+
+class PrecheckFailed(SpfError):
+    """Inputs the prepare stage would reject; ``problems`` holds one line per bad input."""
+
+    def __init__(self, message: str, problems: list[str]) -> None:
+        super().__init__(message)
+        self.problems = problems
+
+
+def _toplevel(path: Path) -> Path | None:
+    proc = subprocess.run(["git", "-C", str(path), "rev-parse", "--show-toplevel"], capture_output=True, text=True,
+                          check=False)
+    return Path(proc.stdout.strip()).resolve() if proc.returncode == 0 else None
+
+
+def default_repo_dir(cwd: str | Path = ".") -> Path:
+    """The git repository around ``cwd`` (its top level), else ``cwd`` itself (a new repository there)."""
+    cwd = Path(cwd).resolve()
+    return _toplevel(cwd) or cwd
+
+
+def _configured_remote(repo) -> tuple[str, str] | None:
+    name = repo.config["core"].get("remote")
+    if name and name in repo.config["remote"]:
+        return name, str(repo.config["remote"][name]["url"])
+    return None
+
+
+def _ensure_gitignored(repo_dir: Path, entry: str) -> None:
+    gi = repo_dir / ".gitignore"
+    lines = gi.read_text().splitlines() if gi.is_file() else []
+    if entry not in lines and entry.rstrip("/") not in lines and f"/{entry}" not in lines:
+        gi.write_text("\n".join([*lines, entry]) + "\n")
+
+
+def _sync_into(folder: Path, target: Path) -> None:
+    """Make ``target`` a copy of ``folder`` (dotfiles left out: lineage stamps, editor files), swapped in whole."""
+    import shutil
+
+    staging = target.with_name(f".{target.name}.spf-new")
+    old = target.with_name(f".{target.name}.spf-old")
+    for p in (staging, old):
+        if p.exists():
+            shutil.rmtree(p)
+    shutil.copytree(folder, staging, ignore=shutil.ignore_patterns(".*"), symlinks=False)
+    if target.exists():
+        target.rename(old)
+    staging.rename(target)
+    if old.exists():
+        shutil.rmtree(old)
+
+
+def add_data(folder: str | Path, repo_dir: str | Path | None = None, *, remote_url: str | None = None,
+             message: str | None = None, push: bool = True, git_push: bool = False,
+             check_config: Any = None) -> AddResult:
+    """Check ``folder`` like the prepare stage, make it ``data/`` of a git+DVC repo, push it, commit data.dvc.
+
+    Order matters: the checks run before anything is touched; the DVC remote is committed before the first data
+    commit (every data revision must know its remote); the data is pushed BEFORE data.dvc is committed, so no
+    commit ever names data that its remote lacks. ``remote_url`` (a folder, ``s3://...``) replaces the default
+    remote; without one and without a configured remote, a local folder ``.spf/dvc-remote`` in the repo is used
+    (enough for `spf pipeline run`; a cluster needs a remote it can reach). Only data.dvc, .gitignore and the DVC
+    config are committed, whatever else the working tree holds.
+    """
+    from dvc.exceptions import DvcException
+    from dvc.repo import Repo
+
+    from spf_lib.data.precheck import precheck
+
+    _quiet_dvc()
+    folder = Path(folder).resolve()
+    repo_dir = Path(repo_dir).resolve() if repo_dir else default_repo_dir()
+    target = repo_dir / DATA_OUT
+    if folder != target and (folder == repo_dir or folder in repo_dir.parents):
+        raise SpfError(f"{folder}: the data folder must not contain the repository {repo_dir}")
+    checked = precheck(folder, check_config)
+    if checked.problems:
+        raise PrecheckFailed(f"{folder}: {len(checked.problems)} of {checked.n_inputs} inputs would be rejected by "
+                             "prepare; nothing was committed or pushed", checked.problems)
+
+    repo_dir.mkdir(parents=True, exist_ok=True)
+    top = _toplevel(repo_dir)
+    if top is None:
+        _git(repo_dir, "init", "-q")
+    elif top != repo_dir:
+        raise SpfError(f"--repo {repo_dir}: inside the git repository {top}; pass its top level or another folder")
+    if not _git_config(repo_dir, "user.email"):
+        _git(repo_dir, "config", "user.email", "spf@localhost")
+        _git(repo_dir, "config", "user.name", "spf")
+    sink = io.StringIO()
+    try:
+        with _dvc_silenced(), contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
+            repo = Repo.init(str(repo_dir)) if not (repo_dir / ".dvc").is_dir() else Repo(str(repo_dir))
+            with repo:
+                configured = _configured_remote(repo)
+                if remote_url or configured is None:
+                    from dvc.config_schema import RelPath
+
+                    # RelPath: DVC stores it relative to .dvc/, so the committed config works in any clone
+                    url = remote_url or RelPath(str(repo_dir / LOCAL_REMOTE))
+                    name = configured[0] if configured else REMOTE_NAME
+                    _ensure_remote(repo, name, url, None)
+                    if not remote_url:
+                        _ensure_gitignored(repo_dir, f"/{LOCAL_REMOTE.parts[0]}/")
+                    configured = _configured_remote(repo)
+                name, url = configured
+                setup = [p for p in (".dvc/config", ".dvc/.gitignore", ".dvcignore", ".gitignore")
+                         if (repo_dir / p).exists()]
+                _git(repo_dir, "add", *setup)
+                if _git(repo_dir, "diff", "--cached", "--name-only", "--", *setup):
+                    _git(repo_dir, "commit", "-q", "-m", f"dvc: remote {name}", "--", *setup)
+                if folder != target:
+                    _sync_into(folder, target)
+                repo.add(str(target))
+                if push:
+                    try:
+                        repo.push(remote=name)
+                    except DvcException as e:
+                        raise SpfError(f"dvc push to remote {name!r} ({url}) failed: {_one_line(e)}; data.dvc is "
+                                       "updated but NOT committed (fix the remote and run again)") from e
+    except DvcException as e:
+        raise SpfError(f"{repo_dir}: dvc failed: {_one_line(e)}") from e
+    md5, nfiles = data_hash_from_dvcfile((repo_dir / "data.dvc").read_text(), str(repo_dir / "data.dvc"))
+    paths = ["data.dvc", ".gitignore"]
+    _git(repo_dir, "add", *paths)
+    committed = bool(_git(repo_dir, "diff", "--cached", "--name-only", "--", *paths))
+    if committed:
+        _git(repo_dir, "commit", "-q", "-m", message or f"data: {folder.name} ({nfiles} files, dvc md5 {md5})",
+             "--", *paths)
+    rev = _git(repo_dir, "rev-parse", "HEAD")
+    if git_push:
+        _git(repo_dir, "push", "-q", "origin", "HEAD")
+    origin = subprocess.run(["git", "-C", str(repo_dir), "remote", "get-url", "origin"], capture_output=True,
+                            text=True, check=False).stdout.strip()
+    return AddResult(repo=repo_dir, rev=rev, data_hash=md5, n_files=int(nfiles or 0), committed=committed,
+                     remote=url, data_repo=origin or str(repo_dir))
