@@ -18,6 +18,10 @@ Pipeline parameter keys (type, default):
 
 Compile-time keys (Python constants only; KFP needs them when it writes the YAML):
 
+- ``git_secret_name`` (``spf-git``; ``""`` disables): optional Secret with ``GIT_TOKEN`` (and ``GIT_USERNAME``) for an
+  HTTPS data repository; the prepare pod sees them as ``SPF_GIT_TOKEN``/``SPF_GIT_USERNAME``.
+- ``git_ssh_secret_name`` (``spf-git-ssh``; ``""`` disables): optional Secret of type ``kubernetes.io/ssh-auth``
+  (``ssh-privatekey``, plus ``known_hosts``) for an SSH data repository, mounted read-only at ``GIT_SSH_MOUNT``.
 - ``config_map_name`` (``spf-config``): ConfigMap with the non-secret addresses (``MLFLOW_TRACKING_URI``,
   ``MLFLOW_S3_ENDPOINT_URL``, ``AWS_ENDPOINT_URL``, ``AWS_DEFAULT_REGION``), optional.
 - ``checkpoint_pvc`` (``spf-checkpoints``; ``""`` disables): PVC mounted at ``CHECKPOINT_MOUNT`` on the train task.
@@ -37,8 +41,8 @@ writes checkpoints to ``$SPF_CHECKPOINT_ROOT/<kfp_run_id>`` (see ``checkpoint_di
 so a retry of the same run picks up the newest checkpoint, while a new run (new id) starts fresh. Without the env
 (local runs) the component keeps checkpoints in its own output folder.
 
-Multi-GPU: the train component re-executes its work under ``pipelines.runtime.train_launch_prefix()`` (``accelerate launch`` over
-every GPU of the pod). Multi-node: ``pipelines.multinode`` creates a PyTorchJob from
+Multi-GPU: the train component re-executes its work under ``pipelines.runtime.train_launch_prefix()``
+(``accelerate launch`` over every GPU of the pod). Multi-node: ``pipelines.multinode`` creates a PyTorchJob from
 ``infra/k8s/training/pytorchjob.yaml``; each of its pods runs ``launch_prefix_from_env()``.
 """
 
@@ -69,6 +73,8 @@ DEFAULTS: dict[str, Any] = {
     "s3_secret_name": "spf-s3",
     "mlflow_secret_name": "spf-mlflow",
     "config_map_name": "spf-config",
+    "git_secret_name": "spf-git",
+    "git_ssh_secret_name": "spf-git-ssh",
     "checkpoint_pvc": "spf-checkpoints",
     "prepare_cpu_request": "2",
     "prepare_cpu_limit": "4",
@@ -102,6 +108,8 @@ MLFLOW_SECRET_KEYS = {
     "MLFLOW_TRACKING_USERNAME": "MLFLOW_TRACKING_USERNAME",
     "MLFLOW_TRACKING_PASSWORD": "MLFLOW_TRACKING_PASSWORD",
 }
+GIT_SECRET_KEYS = {"GIT_TOKEN": "SPF_GIT_TOKEN", "GIT_USERNAME": "SPF_GIT_USERNAME"}  # see spf_lib.data.dvc_io
+GIT_SSH_MOUNT = "/etc/spf/git-ssh"
 CONFIG_MAP_KEYS = ("MLFLOW_TRACKING_URI", "MLFLOW_S3_ENDPOINT_URL", "AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION")
 POD_LABEL = "app.kubernetes.io/part-of"
 
@@ -162,6 +170,18 @@ def _credentials(task: dsl.PipelineTask, params: dict, *, mlflow: bool = True, s
         kubernetes.use_config_map_as_env(task, config_map, {k: k for k in CONFIG_MAP_KEYS}, optional=True)
 
 
+def _git_credentials(task: dsl.PipelineTask, params: dict) -> None:
+    """A private data repository: token or SSH key from optional Secrets (a public repo needs neither). Only the
+    prepare task clones the data repo, so only it sees them; the YAML names the Secrets, never their values."""
+    token_secret = _get(params, "git_secret_name")
+    if token_secret:
+        kubernetes.use_secret_as_env(task, token_secret, GIT_SECRET_KEYS, optional=True)
+    ssh_secret = _get(params, "git_ssh_secret_name")
+    if ssh_secret:
+        kubernetes.use_secret_as_volume(task, ssh_secret, GIT_SSH_MOUNT, optional=True)
+        task.set_env_variable("SPF_GIT_SSH_DIR", GIT_SSH_MOUNT)
+
+
 def _common(task: dsl.PipelineTask, stage: str) -> None:
     kubernetes.add_pod_label(task, POD_LABEL, "spf-portrait")
     kubernetes.add_pod_label(task, "spf-portrait/stage", stage)
@@ -188,6 +208,7 @@ def configure_prepare(task: dsl.PipelineTask, params: dict) -> None:
     _common(task, "prepare")
     _resources(task, params, "prepare")
     _credentials(task, params, mlflow=False)
+    _git_credentials(task, params)
     _retry(task, _get(params, "prepare_retries"), "30s", "600s")
     task.set_caching_options(True)
 

@@ -70,8 +70,9 @@ def test_secrets_are_referenced_by_name_and_key(compiled):
         assert set(refs) == {"s3_secret_name", "mlflow_secret_name"}
         assert {e["envVar"] for e in refs["s3_secret_name"]["keyToEnv"]} == {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
         assert refs["s3_secret_name"]["optional"] is False and refs["mlflow_secret_name"]["optional"] is True
-    prep_refs = [r["secretNameParameter"]["componentInputParameter"] for r in k8s["exec-prep"]["secretAsEnv"]]
-    assert prep_refs == ["s3_secret_name"]
+    prep_refs = [r["secretNameParameter"].get("componentInputParameter") or r["secretName"]
+                 for r in k8s["exec-prep"]["secretAsEnv"]]
+    assert prep_refs == ["s3_secret_name", "spf-git"]  # + the optional private-data-repo token (issue 16)
     assert k8s["exec-fit"]["configMapAsEnv"][0]["configMapName"] == "spf-config"
 
 

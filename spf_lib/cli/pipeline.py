@@ -107,8 +107,8 @@ def run_cmd(
 
     if method not in METHODS:
         raise SpfError(f"--method {method!r}: expected one of {', '.join(METHODS)}")
-    params = {"data_repo": data_repo, "base_model": base_model, "data_rev": data_rev, "method": method,
-              **parse_params(param)}
+    params = _checked({"data_repo": data_repo, "base_model": base_model, "data_rev": data_rev, "method": method,
+                       **parse_params(param)})
     out = run_local(params, pipeline_root)
     typer.echo(json.dumps(out, indent=2, default=str))
 
@@ -146,6 +146,15 @@ def _named_params(data_repo, data_rev, base_model, method) -> dict[str, object]:
             raise SpfError(f"--method {method!r}: expected one of {', '.join(METHODS)}")
     named = {"data_repo": data_repo, "data_rev": data_rev, "base_model": base_model, "method": method}
     return {k: v for k, v in named.items() if v is not None}
+
+
+def _checked(params: dict[str, object]) -> dict[str, object]:
+    """Refuse a token inside data_repo before it is stored as a run parameter (and later as lineage)."""
+    from spf_lib.data.dvc_io import refuse_credentials_in_url
+
+    if isinstance(params.get("data_repo"), str):
+        refuse_credentials_in_url(params["data_repo"], "data_repo")
+    return params
 
 
 def _connect(host, namespace, token, sa_token_path, kube_context):
@@ -203,7 +212,7 @@ def submit_cmd(
     """Start one run on Kubeflow (the same --data-repo/--rev/--base-model/--method as `spf pipeline run`)."""
     from pipelines.client import server_errors, submit
 
-    params = {**parse_params(param), **_named_params(data_repo, data_rev, base_model, method)}
+    params = _checked({**parse_params(param), **_named_params(data_repo, data_rev, base_model, method)})
     with server_errors(host):
         run_id = submit(_connect(host, namespace, token, sa_token_path, kube_context), params=params,
                         package=package, pipeline=pipeline, version=version, experiment=experiment,
@@ -229,7 +238,7 @@ def schedule_cmd(
     from pipelines.versioning import six_field_cron
 
     cron6 = six_field_cron(cron)  # fail on a bad field before connecting
-    params = parse_params(param)
+    params = _checked(parse_params(param))
     with server_errors(host):
         rid = schedule(_connect(host, namespace, token, sa_token_path, kube_context), pipeline=pipeline,
                        cron=cron6, job_name=job_name, params=params, version=version, experiment=experiment,

@@ -12,6 +12,7 @@ import io
 import json
 import logging
 import os
+import re
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,20 +59,27 @@ def data_hash_from_dvcfile(text: str, source: str) -> tuple[str, int | None]:
 
 def pull_data(repo: str, rev: str, out_dir: str | Path, *, remote: str | None = None,
               remote_config: dict[str, Any] | None = None) -> DataRef:
-    """Copy `data` at ``rev`` of ``repo`` (git URL or path) into ``out_dir``, fetching from the DVC remote."""
+    """Copy `data` at ``rev`` of ``repo`` (git URL or path) into ``out_dir``, fetching from the DVC remote.
+
+    A private repository's credentials come from the environment (``git_credentials``), never from ``repo``."""
+    _quiet_dvc()
+    if not rev or not rev.strip():
+        raise SpfError("--rev: a git revision is required (commit, tag or branch)")
+    refuse_credentials_in_url(repo, "--repo")
+    with git_credentials(repo) as (clone_url, redact):
+        return _pull(repo, clone_url, redact, rev, Path(out_dir), remote, _remote_config_from_env(remote_config))
+
+
+def _pull(repo: str, clone_url: str, redact, rev: str, out_dir: Path, remote: str | None,
+          remote_config: dict[str, Any] | None) -> DataRef:
     from dvc.api import DVCFileSystem
     from dvc.exceptions import DvcException
     from scmrepo.exceptions import SCMError
 
     from spf_lib.io import atomic_dir, write_json_atomic
 
-    _quiet_dvc()
-    if not rev or not rev.strip():
-        raise SpfError("--rev: a git revision is required (commit, tag or branch)")
-    out_dir = Path(out_dir)
-    remote_config = _remote_config_from_env(remote_config)
     try:
-        fs = DVCFileSystem(repo=repo, rev=rev, remote=remote, remote_config=remote_config)
+        fs = DVCFileSystem(repo=clone_url, rev=rev, remote=remote, remote_config=remote_config)
         try:
             resolved = fs.repo.get_rev()
             if not fs.exists("data.dvc"):
@@ -92,13 +100,85 @@ def pull_data(repo: str, rev: str, out_dir: str | Path, *, remote: str | None = 
     except SpfError:
         raise
     except (DvcException, SCMError) as e:
-        raise SpfError(f"--repo {repo} @ {rev}: {type(e).__name__}: {_one_line(e)}") from e
+        raise SpfError(redact(f"--repo {repo} @ {rev}: {type(e).__name__}: {_one_line(e)}")) from None
     except Exception as e:  # dvc_data/fsspec/botocore raise many types: missing objects, network, bad URL
         cause = e.__cause__ or e
-        raise SpfError(f"--repo {repo} @ {rev}: cannot read data ({type(e).__name__}: {_one_line(e)}"
-                       + (f"; {type(cause).__name__}: {_one_line(cause)}" if cause is not e else "") + ")") from e
+        raise SpfError(redact(f"--repo {repo} @ {rev}: cannot read data ({type(e).__name__}: {_one_line(e)}"
+                              + (f"; {type(cause).__name__}: {_one_line(cause)}" if cause is not e else "")
+                              + ")")) from None
     log.info("pulled %s@%s (%s) into %s", repo, resolved, md5, out_dir)
     return DataRef(rev=resolved, data_hash=md5, path=out_dir)
+
+
+# ---- private data repositories ----------------------------------------------------------------------------------
+# On a cluster the prepare pod gets these from the Kubernetes Secrets named in pipelines/platform.py; the compiled
+# pipeline only names the Secrets. The pipeline parameter data_repo, the lineage tags and every message keep the
+# plain URL: the token is added to the clone URL in memory and scrubbed from errors.
+
+GIT_TOKEN_ENV = "SPF_GIT_TOKEN"  # HTTPS: a personal/project access token
+GIT_USERNAME_ENV = "SPF_GIT_USERNAME"  # HTTPS user for the token (GitHub: any; GitLab: oauth2); default oauth2
+GIT_SSH_DIR_ENV = "SPF_GIT_SSH_DIR"  # SSH: a folder with `ssh-privatekey` (kubernetes.io/ssh-auth) and `known_hosts`
+
+
+def refuse_credentials_in_url(url: str, flag: str) -> None:
+    """A password/token inside the URL would be stored by KFP (run parameters) and MLflow (lineage tags)."""
+    from urllib.parse import urlsplit
+
+    if "://" in url and urlsplit(url).password:
+        raise SpfError(f"{flag}: the URL carries a password or token, which would be stored with the run and the "
+                       f"model's lineage; give the URL without it and the token as ${GIT_TOKEN_ENV} (on Kubeflow: "
+                       "the spf-git Secret, docs/operations.md)")
+
+
+@contextlib.contextmanager
+def git_credentials(url: str):
+    """Yield (URL to clone, redact function). HTTPS + ``$SPF_GIT_TOKEN``: the token goes into the clone URL only.
+    SSH + ``$SPF_GIT_SSH_DIR``: ``GIT_SSH_COMMAND`` uses a private copy of the key (a mounted Secret is 0644, which
+    ssh refuses) and the Secret's known_hosts, strictly."""
+    import shutil
+    import tempfile
+    from urllib.parse import quote, urlsplit, urlunsplit
+
+    secrets: list[str] = []
+    clone_url = url
+    token = os.environ.get(GIT_TOKEN_ENV, "").strip()
+    parts = urlsplit(url) if "://" in url else None
+    if token and parts and parts.scheme in ("http", "https") and not parts.username:
+        user = os.environ.get(GIT_USERNAME_ENV, "").strip() or "oauth2"
+        clone_url = urlunsplit(parts._replace(netloc=f"{quote(user, safe='')}:{quote(token, safe='')}@{parts.netloc}"))
+        secrets += [token, quote(token, safe="")]
+
+    def redact(text: str) -> str:
+        for secret in secrets:
+            text = text.replace(secret, "***")
+        return text
+
+    ssh_dir = Path(os.environ.get(GIT_SSH_DIR_ENV, "")) if os.environ.get(GIT_SSH_DIR_ENV) else None
+    key = ssh_dir / "ssh-privatekey" if ssh_dir else None
+    is_ssh = (parts is not None and parts.scheme == "ssh") or (parts is None and re.match(r"^[\w.-]+@[\w.-]+:", url))
+    if not (key and key.is_file() and is_ssh):
+        yield clone_url, redact
+        return
+    saved = os.environ.get("GIT_SSH_COMMAND")
+    tmp = Path(tempfile.mkdtemp(prefix="spf-ssh-"))
+    try:
+        private = tmp / "id"
+        private.touch(mode=0o600)
+        private.write_bytes(key.read_bytes())
+        known = ssh_dir / "known_hosts"
+        if known.is_file():
+            host_opts = f"-o UserKnownHostsFile={known} -o StrictHostKeyChecking=yes"
+        else:
+            log.warning("%s has no known_hosts: the git host's key is accepted unchecked", ssh_dir)
+            host_opts = f"-o UserKnownHostsFile={tmp / 'known_hosts'} -o StrictHostKeyChecking=accept-new"
+        os.environ["GIT_SSH_COMMAND"] = f"ssh -i {private} -o IdentitiesOnly=yes -o BatchMode=yes {host_opts}"
+        yield clone_url, redact
+    finally:
+        if saved is None:
+            os.environ.pop("GIT_SSH_COMMAND", None)
+        else:
+            os.environ["GIT_SSH_COMMAND"] = saved
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _one_line(e: BaseException) -> str:
