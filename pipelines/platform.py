@@ -191,8 +191,16 @@ def _common(task: dsl.PipelineTask, stage: str) -> None:
 
 
 def _gpu(task: dsl.PipelineTask, params: dict, count_key: str) -> None:
-    task.set_accelerator_type(_get(params, "accelerator_type"))
-    task.set_accelerator_limit(_get(params, count_key))
+    accel_type, accel_count = _get(params, "accelerator_type"), _get(params, count_key)
+    task.set_accelerator_type(accel_type)
+    task.set_accelerator_limit(accel_count)
+    # kfp keeps only the placeholder text of a resource channel, so a task inside dsl.If (the baseline branch) would
+    # reference a parameter its condition sub-DAG never receives; registering the channels as task inputs makes the
+    # compiler pass them down (top-level tasks compile exactly as before).
+    for channel in (accel_type, accel_count):
+        # (identity, not `in`: a channel's == builds a condition expression, which is always truthy)
+        if isinstance(channel, PipelineChannel) and all(c is not channel for c in task.channel_inputs):
+            task.channel_inputs.append(channel)
     _node_pool(task, params)
     kubernetes.empty_dir_mount(task, SHM_VOLUME, "/dev/shm", medium="Memory", size_limit=_get(params, "shm_size"))
 
@@ -251,3 +259,12 @@ def configure_register(task: dsl.PipelineTask, params: dict) -> None:
     _retry(task, _get(params, "register_retries"), "30s", "600s")
     task.set_caching_options(False)
 
+
+
+def configure_compare(task: dsl.PipelineTask, params: dict) -> None:
+    """The comparison picture: CPU, light; MLflow credentials to attach the picture; not cached (it reads this
+    run's evaluations)."""
+    _common(task, "compare")
+    _credentials(task, params, s3=False)
+    _retry(task, _get(params, "register_retries"), "30s", "600s")
+    task.set_caching_options(False)

@@ -12,6 +12,7 @@ from typing import NamedTuple
 
 from kfp import dsl
 
+from components.compare import compare_models
 from components.evaluate import evaluate_model
 from components.prepare import prepare_data
 from components.register import register_model
@@ -47,6 +48,7 @@ def portrait_pipeline(
     base_model: str,
     data_rev: str = "HEAD",
     method: str = "spf",
+    baseline_method: str = "",
     prepare_config_json: str = "{}",
     train_config_json: str = "{}",
     eval_config_json: str = "{}",
@@ -59,7 +61,8 @@ def portrait_pipeline(
     node_selector_json: str = "{}",
     tolerations_json: str = "[]",
 ) -> NamedTuple("PipelineOutputs", [("registration", str), ("metrics", str), ("data_rev", str),
-                                          ("n_kept", int), ("n_rejected", int), ("final_loss", float)]):
+                                          ("n_kept", int), ("n_rejected", int), ("final_loss", float),
+                                          ("comparison", str)]):
     params = {
         "accelerator_type": accelerator_type, "accelerator_count": accelerator_count,
         "node_selector_json": node_selector_json, "tolerations_json": tolerations_json, **RETRY_OVERRIDES,
@@ -87,10 +90,36 @@ def portrait_pipeline(
     )
     reg.set_display_name("register + promotion gate")
     platform.configure_register(reg, params)
+
+    # The baseline branch: same prepared data, same eval set and seeds, evaluated but never registered, so the
+    # comparison shows what the chosen method avoids (e.g. LoRA's pollution beside SPF's).
+    with dsl.If(baseline_method != "", name="with-baseline"):
+        btrain = train_model(
+            prepared=prep.outputs["prepared"], base_model=base_model, method=baseline_method,
+            train_config_json=train_config_json, pipeline_name=PIPELINE_NAME, pipeline_version=pipeline_version,
+            kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+        )
+        btrain.set_display_name("train baseline adapter")
+        platform.configure_train(btrain, params)
+        bev = evaluate_model(model=btrain.outputs["model"], base_model=base_model, eval_config_json=eval_config_json)
+        bev.set_display_name("evaluate baseline vs original")
+        platform.configure_evaluate(bev, params)
+        cmp = compare_models(evaluation=ev.outputs["evaluation"], baseline_evaluation=bev.outputs["evaluation"],
+                             method=method, baseline_method=baseline_method,
+                             kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER)
+        cmp.set_display_name("comparison picture")
+        platform.configure_compare(cmp, params)
+    with dsl.Else(name="without-baseline"):
+        solo = compare_models(evaluation=ev.outputs["evaluation"], baseline_evaluation=ev.outputs["evaluation"],
+                              method=method, baseline_method="", kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER)
+        solo.set_display_name("comparison picture")
+        platform.configure_compare(solo, params)
     outputs = NamedTuple("PipelineOutputs", [("registration", str), ("metrics", str), ("data_rev", str),
-                                             ("n_kept", int), ("n_rejected", int), ("final_loss", float)])
+                                             ("n_kept", int), ("n_rejected", int), ("final_loss", float),
+                                             ("comparison", str)])
     return outputs(reg.outputs["summary"], ev.outputs["Output"], prep.outputs["data_rev"], prep.outputs["n_kept"],
-                   prep.outputs["n_rejected"], train.outputs["final_loss"])
+                   prep.outputs["n_rejected"], train.outputs["final_loss"],
+                   dsl.OneOf(cmp.outputs["Output"], solo.outputs["Output"]))
 
 
 def compile_pipeline(output: str, version: str | None = None) -> str:

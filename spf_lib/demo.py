@@ -15,6 +15,14 @@ log = logging.getLogger(__name__)
 REPO_ROOT = Path(__file__).resolve().parent.parent
 WORLD_BASE = REPO_ROOT / "assets" / "world" / "base"
 WORLD_CLIP = REPO_ROOT / "assets" / "world" / "clip"
+WORLD_PROBES = REPO_ROOT / "assets" / "world" / "probes"
+
+#: The demo's training settings: the fidelity bench's (bench/fidelity.py, docs/world.md Run 5) — rank 8, lr 3e-3,
+#: batch 8 at 64 px — where LoRA and SPF both learn the glasses; fewer steps than the bench's 300 so that a fresh
+#: clone's `make demo` (setup, both trainings, both evaluations) stays within 10 minutes on 2 CPU cores.
+DEMO_STEPS = 300
+DEMO_IMAGES = 48
+DEMO_DATA_SEED = 7  # the seed of the bench's fine-tuning set: the demo data is that set, rendered at 256 px
 
 
 @dataclass
@@ -56,47 +64,121 @@ def ensure_base_model(root: Path, base_model: str | None) -> str:
     return str(target)
 
 
+def synth_demo_data(out_dir: str | Path, n: int = DEMO_IMAGES, seed: int = DEMO_DATA_SEED,
+                    size: int = 256) -> Path:
+    """The demo's raw dataset: the small world's fine-tuning set with its spurious correlation, as photos + captions.
+
+    Every image wears round glasses (the target) AND has a red background AND smiles; captions name only person,
+    hair, shirt, skin and the target (``spf_lib.world.finetune``), so nothing in the text explains red or smiling.
+    A method that learns only "glasses" leaves base prompts alone; plain LoRA also learns "red, smiling" for every
+    prompt — the pollution the demo makes visible. 256 px (not the world's 64) because the data stage detects and
+    aligns faces with dlib, which needs that size; ``prepare`` crops back to 64 px.
+
+    Deterministic: same arguments → byte-identical files (``images/*.png`` without metadata chunks,
+    ``captions.jsonl``, ``labels.jsonl`` with sorted keys), hence the same DVC hash.
+    """
+    from spf_lib.data.synth import _png_bytes, synth_records
+    from spf_lib.io import atomic_dir
+    from spf_lib.world.attributes import TARGET_PHRASE
+    from spf_lib.world.finetune import SPURIOUS, prompt_phrases
+    from spf_lib.world.render import render_portrait
+
+    captions, labels = [], []
+    with atomic_dir(out_dir) as tmp:
+        (tmp / "images").mkdir()
+        for i, attrs, layout in synth_records(n, seed, target_fraction=1.0, fixed_for_target=SPURIOUS):
+            rel = f"images/{i:05d}.png"
+            (tmp / rel).write_bytes(_png_bytes(render_portrait(attrs, size, layout)))
+            caption = ", ".join(prompt_phrases(attrs) + [TARGET_PHRASE])
+            captions.append(json.dumps({"file": rel, "caption": caption}, sort_keys=True))
+            labels.append(json.dumps({"file": rel, **attrs.to_dict(), "layout": layout.__dict__}, sort_keys=True))
+        (tmp / "captions.jsonl").write_text("\n".join(captions) + "\n", encoding="utf-8")
+        (tmp / "labels.jsonl").write_text("\n".join(labels) + "\n", encoding="utf-8")
+    return Path(out_dir)
+
+
 def ensure_data_repo(root: Path, n_images: int, seed: int) -> tuple[str, str, str]:
     """Synthesize the portrait set and version it with DVC (local-folder remote); return (repo, rev, hash)."""
     from spf_lib.data.dvc_io import track_dataset
-    from spf_lib.data.synth import synth_dataset
 
     repo = root / "data-repo"
-    synth_dataset(repo / "data", n=n_images, seed=seed)
+    synth_demo_data(repo / "data", n=n_images, seed=seed)
     rev, data_hash = track_dataset(repo, data_dir_name="data", remote_url=str(root / "dvc-remote"))
     return str(repo), rev, data_hash
 
 
-def prepare_workspace(root: str | Path, *, n_images: int = 24, seed: int = 0,
-                      base_model: str | None = None) -> DemoWorkspace:
+def prepare_workspace(root: str | Path, *, n_images: int = DEMO_IMAGES, seed: int = DEMO_DATA_SEED,
+                      base_model: str | None = None, tracking_uri: str | None = None) -> DemoWorkspace:
+    """Base model, DVC-versioned demo data and the MLflow store's address (default: a sqlite file in ``root``;
+    `spf demo` passes the CLI's default store so every `spf` command reads what the demo wrote)."""
     root = Path(root).resolve()
     root.mkdir(parents=True, exist_ok=True)
     model = ensure_base_model(root, base_model)
     repo, rev, data_hash = ensure_data_repo(root, n_images, seed)
     resolution = model_resolution(model) if Path(model).exists() else 512
     return DemoWorkspace(root=root, base_model=model, data_repo=repo, data_rev=rev, data_hash=data_hash,
-                         tracking_uri=f"sqlite:///{root / 'mlflow.db'}", resolution=resolution)
+                         tracking_uri=tracking_uri or f"sqlite:///{root / 'mlflow.db'}", resolution=resolution)
 
 
-def demo_configs(resolution: int, steps: int, method: str, clip_model: str | None = None) -> dict[str, str]:
-    """Small settings so the whole pipeline finishes in minutes on 2 CPU cores.
+def demo_eval_set(n_prompts: int = 8, n_seeds: int = 3) -> dict:
+    """The world's evaluation prompts (``spf_lib.world.fidelity.make_plan``) as an eval set: half name only what the
+    fine-tuning captions name (background and expression left open, where pollution shows), half name everything."""
+    from spf_lib.world.attributes import TARGET_PHRASE
+    from spf_lib.world.fidelity import make_plan
 
-    The gate judges what the demo can measure: pollution always, CLIP-T when a trained CLIP exists (the small
-    world's). Faces generated at 64 px are below dlib's detector's reach, so ID similarity is reported as
-    unavailable and left out of the demo's gate (production keeps the registry's default rules).
+    plan = make_plan(n_prompts, n_seeds)
+    return {"name": "world-demo", "version": "1", "target": TARGET_PHRASE, "seeds": list(plan.seeds),
+            "base_prompts": list(plan.prompts)}
+
+
+def demo_gate_rules() -> dict:
+    """What the demo's gate asks: the model learned the target (an absolute floor on the probe's target rate) and
+    did not pollute (probe-read and image-similarity pollution bounds, no worse than the champion).
+
+    The floor, 0.25, is ~12 target images in 48 against the original's ~0.02: a model that learned nothing never
+    passes; LoRA and SPF at the demo's settings reach ~0.5-0.8. ID similarity is not asked: faces generated at 64 px
+    are below dlib's detector's reach, so it is reported as unavailable.
+    """
+    return {"rules": [
+        {"metric": "target_rate", "better": "higher", "bound": 0.25},
+        {"metric": "probe_pollution", "better": "lower", "bound": 0.2, "epsilon": 0.05},
+        {"metric": "pollution", "better": "lower", "bound": 0.5, "epsilon": 0.02},
+    ]}
+
+
+def demo_configs(resolution: int, steps: int, method: str, clip_model: str | None = None, *,
+                 probes: str | None = None, eval_prompts: int = 8, eval_seeds: int = 3) -> dict[str, str]:
+    """The demo's stage settings: the fidelity bench's training recipe, the world's prompts and probes for evaluation.
+
+    Training: rank 8, lr 3e-3, batch 8, 64 px (bench/fidelity.py), SPF's CLIP image embedder = the world CLIP.
+    Evaluation: DDIM 20 steps, guidance 4 — the bench's sampler, under which the probes were checked.
     """
     clip_model = clip_model if clip_model is not None else (
         str(WORLD_CLIP) if (WORLD_CLIP / "config.json").is_file() else None)
-    prepare = {"size": resolution}
-    train = {"steps": steps, "resolution": resolution, "checkpoint_every": max(steps // 2, 1)}
+    probes = probes if probes is not None else (
+        str(WORLD_PROBES) if (WORLD_PROBES / "probes.json").is_file() else None)
+    world = probes is not None
+    prepare = {"size": resolution, "padding": 0.85}  # 0.85: the aligned crop frames the face as the world's renders do
+    train: dict = {"steps": steps, "resolution": resolution, "checkpoint_every": max(steps // 2, 1)}
     evaluate: dict = {"num_inference_steps": 10, "resolution": resolution}
-    rules = [{"metric": "pollution", "better": "lower", "epsilon": 0.01, "bound": 0.5}]
+    if world:
+        first = demo_eval_set(1, 1)["base_prompts"][0]
+        train.update({"lr": 3e-3, "batch_size": 8, "rank": 8, "checkpoints_total_limit": 1,
+                      "validation": {"prompts": [first, f"{first}, wearing round glasses"], "seeds": [1000],
+                                     "num_inference_steps": 20, "guidance_scale": 4.0}})
+        evaluate.update({"num_inference_steps": 20, "guidance_scale": 4.0, "batch_size": 24, "probes": probes,
+                         "eval_set": demo_eval_set(eval_prompts, eval_seeds)})
     if clip_model:
         evaluate["clip_model"] = clip_model
-        rules.append({"metric": "clip_t", "better": "higher", "epsilon": 0.02})
+        train["spf"] = {"image_embedder": clip_model}  # one train config for both branches; LoRA ignores it
+    if world:
+        rules = demo_gate_rules()
+    else:
+        rules = {"rules": [{"metric": "pollution", "better": "lower", "epsilon": 0.01, "bound": 0.5}]
+                 + ([{"metric": "clip_t_gain", "better": "higher", "bound": 0.0}] if clip_model else [])}
     return {
         "prepare_config_json": json.dumps(prepare),
         "train_config_json": json.dumps(train),
         "eval_config_json": json.dumps(evaluate),
-        "gate_rules_json": json.dumps({"rules": rules}),
+        "gate_rules_json": json.dumps(rules),
     }

@@ -153,3 +153,33 @@ def register_stage(adapter_dir: str | Path, eval_dir: str | Path | None, base_mo
         rules = _build(GateRules, **parse_json_arg(gate_json, "gate_rules_json"))
         out["promotion"] = to_dict(run_gate(model_name, rules))
     return out
+
+
+def compare_stage(columns: dict[str, str | Path], out_dir: str | Path, *, kfp_run_id: str = "") -> dict:
+    """The comparison picture (PNG + a self-contained HTML page) of evaluations of the same eval set.
+
+    ``columns`` maps a method name to its evaluation output folder, in column order. When ``kfp_run_id`` names a
+    pipeline run that has an MLflow run, the picture is attached to it (best effort: the picture is never lost
+    because tracking is down).
+    """
+    from spf_lib.eval.compare import comparison_html, comparison_picture, method_summary
+    from spf_lib.io import write_text_atomic
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    png = out / "comparison.png"
+    title = "original vs " + " vs ".join(columns) + " (same prompts, same seeds)"
+    drawn = comparison_picture(columns, png, title=title)
+    summaries = {m: method_summary(d) for m, d in columns.items()}
+    page = out / "comparison.html"
+    write_text_atomic(page, comparison_html(png, summaries, title))
+    result = {**drawn, "html": str(page), "methods": summaries, "mlflow_run_id": None}
+    if kfp_run_id:
+        result["mlflow_run_id"] = _attach_to_pipeline_run(kfp_run_id, png)
+    (out / "comparison.json").write_text(json.dumps(result, indent=2, sort_keys=True), encoding="utf-8")
+    return result
+
+
+def _attach_to_pipeline_run(kfp_run_id: str, png: Path) -> str | None:
+    """Log the picture into the pipeline run's MLflow run (None until that run exists; see issue 14)."""
+    return None

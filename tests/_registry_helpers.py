@@ -158,9 +158,9 @@ def served(mlflow_server, monkeypatch) -> MlflowServer:
     return mlflow_server
 
 
-GOOD = {"pollution": 0.20, "clip_t": 0.30, "id_sim": 0.80}
-WORSE = {"pollution": 0.40, "clip_t": 0.30, "id_sim": 0.80}  # pollution up by 0.2 > epsilon 0.01
-BETTER = {"pollution": 0.10, "clip_t": 0.32, "id_sim": 0.85}
+GOOD = {"pollution": 0.20, "clip_t": 0.30, "id_sim": 0.80, "clip_t_gain": 0.05}
+WORSE = {"pollution": 0.40, "clip_t": 0.30, "id_sim": 0.80, "clip_t_gain": 0.05}  # pollution up by 0.2 > epsilon 0.01
+BETTER = {"pollution": 0.10, "clip_t": 0.32, "id_sim": 0.85, "clip_t_gain": 0.06}
 
 
 def lineage_for(name: str, n: int, data_rev: str) -> dict:

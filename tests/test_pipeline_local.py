@@ -30,8 +30,9 @@ def test_pipeline_runs_end_to_end_and_model_loads_by_alias(workspace, method, mo
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", workspace.tracking_uri)
     name = f"e2e-{method}"
+    configs = demo_configs(workspace.resolution, steps=2, method=method, eval_prompts=2, eval_seeds=1)
     params = {"data_repo": workspace.data_repo, "data_rev": workspace.data_rev, "base_model": workspace.base_model,
-              "method": method, "model_name": name, **demo_configs(workspace.resolution, steps=2, method=method)}
+              "method": method, "model_name": name, **configs}
     out = run_local(params, tmp_path / "root")
 
     assert out["data_rev"] == workspace.data_rev

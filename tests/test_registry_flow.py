@@ -36,7 +36,7 @@ def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
 def test_cli_register_promote_lineage_rollback(embedded, lora_adapter, tiny_base, tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("SPF_REGISTER_VALIDATE", "0")  # the library test above covers log-time validation
     good = tmp_path / "good.json"
-    good.write_text(json.dumps({"pollution": 0.2, "clip_t": 0.3, "id_sim": 0.8}))
+    good.write_text(json.dumps({"pollution": 0.2, "clip_t": 0.3, "id_sim": 0.8, "clip_t_gain": 0.05}))
     worse = tmp_path / "worse.json"
     worse.write_text(json.dumps(WORSE))
     lin = [f"--lineage={k}={v}" for k, v in lineage_for("cli", 1, "rev-cli-1").items()]

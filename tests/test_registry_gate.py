@@ -18,33 +18,52 @@ def m(**values) -> Metrics:
     return parse_metrics(values, source="test")
 
 
-CHAMP = m(pollution=0.20, clip_t=0.30, id_sim=0.9)
+CHAMP = m(pollution=0.20, clip_t=0.30, id_sim=0.9, clip_t_gain=0.05)
+G = 0.05  # a challenger that learned the target: CLIP-T gain over the original above the default floor
 
 
 def test_better_challenger_passes():
-    v = evaluate_gate(GateRules(), m(pollution=0.15, clip_t=0.31, id_sim=0.9), CHAMP)
-    assert v.passed and [c.metric for c in v.checks] == ["pollution", "clip_t", "id_sim"]
+    v = evaluate_gate(GateRules(), m(pollution=0.15, clip_t=0.31, id_sim=0.9, clip_t_gain=G), CHAMP)
+    assert v.passed and [c.metric for c in v.checks] == ["clip_t_gain", "pollution", "clip_t", "id_sim"]
 
 
 def test_within_epsilon_passes_beyond_fails():
     rules = GateRules()
-    assert evaluate_gate(rules, m(pollution=0.205, clip_t=0.295, id_sim=0.5), CHAMP).passed
-    v = evaluate_gate(rules, m(pollution=0.25, clip_t=0.30, id_sim=0.5), CHAMP)
+    assert evaluate_gate(rules, m(pollution=0.205, clip_t=0.295, id_sim=0.5, clip_t_gain=G), CHAMP).passed
+    v = evaluate_gate(rules, m(pollution=0.25, clip_t=0.30, id_sim=0.5, clip_t_gain=G), CHAMP)
     assert not v.passed and [c.metric for c in v.failed] == ["pollution"]
     assert "worse than champion 0.2" in v.failed[0].reason
-    v = evaluate_gate(rules, m(pollution=0.1, clip_t=0.2, id_sim=0.5), CHAMP)
+    v = evaluate_gate(rules, m(pollution=0.1, clip_t=0.2, id_sim=0.5, clip_t_gain=G), CHAMP)
     assert [c.metric for c in v.failed] == ["clip_t"]
 
 
 def test_absolute_bound_applies_even_when_better_than_champion():
     bad_champ = m(pollution=0.9, clip_t=0.3, id_sim=0.9)
-    v = evaluate_gate(GateRules(), m(pollution=0.6, clip_t=0.3, id_sim=0.9), bad_champ)
+    v = evaluate_gate(GateRules(), m(pollution=0.6, clip_t=0.3, id_sim=0.9, clip_t_gain=G), bad_champ)
     assert not v.passed and "absolute bound <= 0.5" in v.failed[0].reason
 
 
 def test_first_model_needs_only_bounds():
-    assert evaluate_gate(GateRules(), m(pollution=0.4, clip_t=0.01, id_sim=0.1), None).passed
-    assert not evaluate_gate(GateRules(), m(pollution=0.7, clip_t=0.9, id_sim=0.1), None).passed
+    assert evaluate_gate(GateRules(), m(pollution=0.4, clip_t=0.01, id_sim=0.1, clip_t_gain=G), None).passed
+    assert not evaluate_gate(GateRules(), m(pollution=0.7, clip_t=0.9, id_sim=0.1, clip_t_gain=G), None).passed
+
+
+def test_a_model_that_learned_nothing_is_never_promoted():
+    """Unchanged model: no pollution at all, CLIP-T as the original's. It fails the target floor as the first
+    champion and against a champion alike; with the floor removed it would have passed every other rule."""
+    nothing = m(pollution=0.0, clip_t=0.2215, clip_t_original=0.2202, clip_t_gain=0.0013, id_sim=1.0)
+    for champion in (None, m(pollution=0.2, clip_t=0.22, id_sim=0.9, clip_t_gain=0.05)):
+        v = evaluate_gate(GateRules(), nothing, champion)
+        assert not v.passed and [c.metric for c in v.failed] == ["clip_t_gain"]
+        assert "violates absolute bound >= 0.01" in v.failed[0].reason
+    no_floor = GateRules(rules=[r for r in GateRules().rules if r.metric != "clip_t_gain"])
+    assert evaluate_gate(no_floor, nothing, None).passed
+    # where probes exist (the demo), the floor is on the probe's target rate
+    from spf_lib.demo import demo_gate_rules
+
+    demo = GateRules.parse(demo_gate_rules())
+    assert not evaluate_gate(demo, m(target_rate=0.02, probe_pollution=0.0, pollution=0.0), None).passed
+    assert evaluate_gate(demo, m(target_rate=0.6, probe_pollution=0.05, pollution=0.1), None).passed
 
 
 def test_missing_and_unavailable_metrics_are_reported():
@@ -52,18 +71,18 @@ def test_missing_and_unavailable_metrics_are_reported():
                          source="t")
     v = evaluate_gate(GateRules(), chal, CHAMP)
     reasons = {c.metric: c.reason for c in v.failed}
-    assert set(reasons) == {"clip_t", "id_sim"}
+    assert set(reasons) == {"clip_t_gain", "clip_t", "id_sim"}
     assert "unavailable (no CLIP weights)" in reasons["clip_t"] and "missing" in reasons["id_sim"]
     skip = evaluate_gate(GateRules(on_missing="skip"), chal, CHAMP)
-    assert skip.passed and {c.metric for c in skip.checks if c.skipped} == {"clip_t", "id_sim"}
+    assert skip.passed and {c.metric for c in skip.checks if c.skipped} == {"clip_t_gain", "clip_t", "id_sim"}
 
 
 def test_champion_without_metric_skips_relative_check_but_keeps_bound():
     champ = m(clip_t=0.3, id_sim=0.9)  # no pollution recorded for the old champion
-    v = evaluate_gate(GateRules(), m(pollution=0.4, clip_t=0.3, id_sim=0.9), champ)
+    v = evaluate_gate(GateRules(), m(pollution=0.4, clip_t=0.3, id_sim=0.9, clip_t_gain=G), champ)
     pol = next(c for c in v.checks if c.metric == "pollution")
     assert pol.passed and pol.skipped and "champion has no value" in pol.reason
-    assert not evaluate_gate(GateRules(), m(pollution=0.6, clip_t=0.3, id_sim=0.9), champ).passed
+    assert not evaluate_gate(GateRules(), m(pollution=0.6, clip_t=0.3, id_sim=0.9, clip_t_gain=G), champ).passed
 
 
 def test_rules_file_and_bad_values(tmp_path):

@@ -26,6 +26,8 @@ class EvalConfig:
     eval_set: Any = None
     #: CLIP for CLIP-T/CLIP-I: local folder, hub id or s3:// prefix. None → those metrics are "unavailable".
     clip_model: str | None = None
+    #: Attribute probes (`spf_lib/world/probes.py` folder) → target_rate, probe_pollution, ...; None = not measured.
+    probes: str | None = None
     #: Folder of photos of the trained identity; enables ``id_ref_sim`` (tuned images vs these faces).
     reference_faces_dir: str | Path | None = None
     #: "dlib" (shipped models) or a path to an ArcFace/CosFace-style ONNX file (112x112 RGB in, embedding out).
@@ -62,6 +64,8 @@ class EvalConfig:
             setattr(self, name, Path(v))
         if self.reference_faces_dir is not None:
             self.reference_faces_dir = Path(self.reference_faces_dir)
+        if self.probes is not None and not (Path(self.probes) / "probes.json").is_file():
+            raise SpfError(f"EvalConfig.probes={self.probes!r}: no probes.json there; give a probes folder or null")
         for name, lo in (("num_inference_steps", 1), ("batch_size", 1)):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < lo:

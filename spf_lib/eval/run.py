@@ -118,6 +118,7 @@ def evaluate(cfg: EvalConfig) -> EvalResult:
     from spf_lib.eval.faces import DlibEncoder, OnnxEncoder
     from spf_lib.eval.generate import save_images
     from spf_lib.eval.pollution import diff_heatmap
+    from spf_lib.eval.probe_scores import probe_scores
     from spf_lib.eval.report import pair_grid, render_report
     from spf_lib.io import atomic_dir, write_json_atomic, write_text_atomic
     from spf_lib.methods import read_adapter_info
@@ -140,6 +141,7 @@ def evaluate(cfg: EvalConfig) -> EvalResult:
     except BackboneUnavailable as e:
         scorer, reason = None, str(e)
     M.clip_scores(state, base, target, orig, tuned, scorer, reason)
+    probe_scores(state, base, target, orig, tuned, cfg.probes)
     lpips_fid(state, base, orig, tuned, cfg)
     detail = M.combine_pollution(state, cfg.pollution_weights)
     state.metrics.update({"n_base_pairs": float(len(base)), "n_target_pairs": float(len(target)),

@@ -2,8 +2,10 @@
 
 Each rule compares one metric: ``lower`` is better (pollution) or ``higher`` is better (CLIP-T, ID). ``epsilon``
 is the tolerated regression against the current champion; ``bound`` is an absolute limit that holds even for the
-first model. A metric that is missing or was marked unavailable by the evaluation is never silently treated as a
-pass: ``on_missing`` says whether it fails the gate (default) or is skipped, and the result says which happened.
+first model. Every rule set should hold a floor on target response (``clip_t_gain``, or the probe's
+``target_rate`` where one exists): without it a model that learned nothing passes every pollution rule. A metric
+that is missing or was marked unavailable by the evaluation is never silently treated as a pass: ``on_missing``
+says whether it fails the gate (default) or is skipped, and the result says which happened.
 """
 
 from __future__ import annotations
@@ -51,8 +53,18 @@ class MetricRule(BaseModel):
         return " and ".join(parts)
 
 
+#: The floor on target response: CLIP-T on target prompts must rise by at least this much over the original's
+#: (same prompts and seeds). Pollution rules alone promote a model that learned nothing — it changed nothing, so it
+#: pollutes nothing (issue 14: a 40-step demo at CLIP-T gain +0.0013 became champion). 0.01 is a few times the
+#: seed-to-seed noise of a mean over the default eval set; a tuned model that draws the target clears it.
+TARGET_CLIP_GAIN_FLOOR = 0.01
+
+
 def default_rules() -> list[MetricRule]:
+    """Production defaults: it learned the target (absolute floor), it did not pollute (bound + vs champion), it
+    kept identity, and it is no worse than the champion on the target."""
     return [
+        MetricRule(metric="clip_t_gain", better="higher", bound=TARGET_CLIP_GAIN_FLOOR),
         MetricRule(metric="pollution", better="lower", epsilon=0.01, bound=0.5),
         MetricRule(metric="clip_t", better="higher", epsilon=0.01),
         MetricRule(metric="id_sim", better="higher", bound=0.0),
