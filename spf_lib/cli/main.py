@@ -27,6 +27,7 @@ app.command("register")(registry.register)
 app.command("promote")(registry.promote)
 app.command("rollback")(registry.rollback)
 app.command("lineage")(registry.lineage)
+app.command("ui")(registry.ui)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -21,6 +21,29 @@ def _kv(pairs: list[str] | None) -> dict[str, str]:
     return out
 
 
+def local_store_path(uri: str) -> Path | None:
+    """The file behind a local sqlite tracking URI (``sqlite:///abs`` or ``sqlite:///rel``), else None."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    return Path(uri[len("sqlite:///"):])
+
+
+def require_store() -> str:
+    """The tracking URI to read from; a local store that does not exist is an error, never silently created.
+
+    WHY: MLflow creates an empty sqlite store on first use, so a command run in the wrong folder (or before the
+    demo) would answer "model not in the registry" and leave an empty mlflow.db behind.
+    """
+    from spf_lib.settings import Settings
+
+    uri = Settings.from_env().tracking_uri
+    path = local_store_path(uri)
+    if path is not None and not path.is_file():
+        raise SpfError(f"no MLflow store at {path}: run `make demo` (or `spf demo`) in this folder first, or point "
+                       "MLFLOW_TRACKING_URI (or SPF_HOME) at an existing store")
+    return uri
+
+
 def _load_json(path: Path, flag: str) -> dict:
     from spf_lib.io import read_json_object
 
@@ -70,6 +93,7 @@ def promote(
     from spf_lib.registry import promote as do_promote
     from spf_lib.registry.promotion import GateFailed
 
+    require_store()
     gate = GateRules.from_file(rules) if rules else GateRules()
     if on_missing is not None:
         gate = GateRules.parse({**gate.model_dump(), "on_missing": on_missing}, source="--on-missing")
@@ -95,6 +119,7 @@ def rollback(name: Annotated[str, typer.Argument(help="registered model name")])
     """Put the previous champion back (the demoted version stays registered)."""
     from spf_lib.registry import rollback as do_rollback
 
+    require_store()
     typer.echo(do_rollback(name).message)
 
 
@@ -106,5 +131,64 @@ def lineage(
     from spf_lib.registry import format_lineage
     from spf_lib.registry import lineage as do_lineage
 
+    require_store()
     info = do_lineage(model_uri)
     typer.echo(json.dumps(info, indent=2) if as_json else format_lineage(info))
+
+
+def _port_free(host: str, port: int) -> bool:
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def ui(
+    port: Annotated[int, typer.Option(min=1, max=65535, help="port to serve on")] = 5000,
+    host: Annotated[str, typer.Option(help="interface to bind (127.0.0.1 = this machine only)")] = "127.0.0.1",
+) -> None:
+    """Open MLflow's UI on the store the other `spf` commands use; runs until Ctrl-C."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from spf_lib.settings import Settings, quiet_third_parties
+
+    uri = Settings.from_env().tracking_uri
+    if uri.startswith(("http://", "https://")):
+        typer.echo(f"the tracking store is a server already: open {uri}")
+        return
+    require_store()
+    if not _port_free(host, port):
+        raise SpfError(f"--port {port}: already in use on {host}; pass another --port")
+    quiet_third_parties()
+    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri, "--host", host, "--port", str(port),
+           "--workers", "1"]
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    log_path = Settings.from_env().home / "mlflow-ui.log"  # the server's own output (access log, migrations)
+    log_file = open(log_path, "w", encoding="utf-8")  # noqa: SIM115 - lives as long as the server
+    proc = subprocess.Popen(cmd, env=env, stdout=log_file, stderr=subprocess.STDOUT)  # noqa: S603
+    url = f"http://{host}:{port}"
+    typer.echo(f"MLflow UI on {uri}: {url}   (Ctrl-C stops it; server log {log_path})")
+    try:
+        while proc.poll() is None:
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        typer.echo("MLflow UI stopped")
+        return
+    finally:
+        log_file.close()
+    err = log_path.read_text(encoding="utf-8", errors="replace").strip().splitlines()
+    raise SpfError(f"mlflow server exited with code {proc.returncode}: {err[-1] if err else 'no output'} "
+                   f"(log: {log_path})")
