@@ -43,12 +43,19 @@ def to_dict(obj: Any) -> dict:
 
 def _build(cls: type, **kwargs: Any):
     """Build a config (pydantic or dataclass); unknown keys are an error naming them."""
+    if hasattr(cls, "from_dict"):  # dataclass configs validate (and name the bad value) there
+        return cls.from_dict(kwargs, source=cls.__name__)
     try:
         if hasattr(cls, "model_validate"):
             return cls.model_validate(kwargs)
         return cls(**kwargs)
     except TypeError as e:
         raise SpfError(f"{cls.__name__}: {e}") from e
+    except ValueError as e:  # pydantic's ValidationError: one line naming the field and the bad value
+        from spf_lib.train.config import format_validation_error
+
+        errors = getattr(e, "errors", None)
+        raise SpfError(f"{cls.__name__}: {format_validation_error(e) if errors else e}") from None
 
 
 def prepare_stage(data_repo: str, data_rev: str, config_json: str, out_dir: str | Path) -> dict:
@@ -62,7 +69,10 @@ def prepare_stage(data_repo: str, data_rev: str, config_json: str, out_dir: str 
         ref = pull_data(data_repo, data_rev, Path(tmp) / "data")
         result = prepare_dataset(ref.path, out_dir, cfg)
     summary = to_dict(result)
-    summary.update({"data_rev": ref.rev, "data_hash": ref.data_hash, "data_repo": data_repo})
+    from spf_lib.errors import redact_text
+
+    # KFP metadata is shown in the UI and stored in the metadata DB: never a password from the repo URL
+    summary.update({"data_rev": ref.rev, "data_hash": ref.data_hash, "data_repo": redact_text(data_repo)})
     return summary
 
 

@@ -31,15 +31,82 @@ app.command("ui")(registry.ui)
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point: bad input ends with one line on stderr and exit code 2, never a traceback."""
+    """Entry point: bad input ends with one line on stderr and exit code 2, never a traceback.
+
+    Besides SpfError, the failures an operator causes and can fix (a pydantic field error, a file that cannot be
+    read or written, a full disk, memory) are one line too; set SPF_DEBUG=1 to see the traceback instead. Every
+    line printed or logged has credentials removed (a URL with user:password@ comes from a flag or a library).
+    """
+    import os
+
+    _scrub_logs()
+    debug = os.environ.get("SPF_DEBUG", "") not in ("", "0")
     try:
         app(args=argv, prog_name="spf")
     except SpfError as e:
-        typer.secho(f"error: {e}", err=True, fg="red")
-        sys.exit(e.exit_code)
+        _fail(str(e), e.exit_code)
     except KeyboardInterrupt:
         typer.secho("interrupted", err=True)
         sys.exit(130)
+    except Exception as e:  # noqa: BLE001 - classified below; anything else keeps its traceback
+        line = None if debug else _one_line(e)
+        if line is None:
+            raise
+        _fail(line, 2)
+
+
+def _fail(message: str, code: int) -> None:
+    from spf_lib.errors import redact_text
+
+    typer.secho(f"error: {redact_text(' '.join(message.split()) if chr(10) in message else message)}",
+                err=True, fg="red")
+    sys.exit(code)
+
+
+def _one_line(e: BaseException) -> str | None:
+    """The one-line form of an operator-fixable failure, or None for a bug (which keeps its traceback)."""
+    import errno
+
+    if type(e).__name__ == "ValidationError" and type(e).__module__.startswith("pydantic"):
+        parts = []
+        for err in e.errors():  # type: ignore[attr-defined]
+            loc = ".".join(str(x) for x in err["loc"]) or "config"
+            inp = err.get("input")
+            parts.append(f"{loc}{'' if isinstance(inp, dict) else f'={inp!r}'}: {err['msg']}")
+        return f"{e.title}: " + "; ".join(parts)  # type: ignore[attr-defined]
+    if isinstance(e, MemoryError):
+        return "out of memory; lower the batch size or resolution, or use a machine with more memory"
+    if isinstance(e, OSError) and e.errno in (errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EROFS, errno.ENOENT,
+                                              errno.EISDIR, errno.ENOTDIR, errno.EBUSY, errno.EXDEV, errno.EDQUOT,
+                                              errno.ENAMETOOLONG, errno.EIO):
+        where = e.filename if e.filename is not None else ""
+        return f"{where}: {e.strerror or e}" if where else f"{e.strerror or e}"
+    return None
+
+
+def _scrub_logs() -> None:
+    """Log records are formatted eagerly and redacted, whatever handler later prints them."""
+    import logging
+
+    from spf_lib.errors import redact_text
+
+    base = logging.getLogRecordFactory()
+    if getattr(base, "_spf_scrub", False):
+        return
+
+    def factory(*args, **kwargs):
+        record = base(*args, **kwargs)
+        try:
+            msg = record.getMessage()
+        except Exception:  # noqa: BLE001 - a bad format string is the logging module's to report
+            return record
+        clean = redact_text(msg)
+        if clean != msg:
+            record.msg, record.args = clean, ()
+        return record
+
+    factory._spf_scrub = True  # type: ignore[attr-defined]
+    logging.setLogRecordFactory(factory)
 
 
 if __name__ == "__main__":

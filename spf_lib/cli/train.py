@@ -29,13 +29,16 @@ def train(
     resume: Annotated[str | None, typer.Option("--resume", help="'latest' or a checkpoint folder")] = None,
     mlflow: Annotated[bool | None, typer.Option("--mlflow/--no-mlflow", help="log to MLflow (Settings.from_env)")] = None,
     device: Annotated[str | None, typer.Option("--device", help="cpu | cuda | cuda:N (default: cuda if available)")] = None,
+    allow_failed_qa: Annotated[bool | None, typer.Option("--allow-failed-qa", help="train on a prepare output "
+                                                         "whose QA failed (logged)")] = None,
 ) -> None:
     """Fine-tune a base model with one of the training methods (LoRA, SPF-Portrait, ...)."""
     if method is not None and method not in METHODS:
         raise SpfError(f"--method {method!r}: expected one of {', '.join(METHODS)}")
     overrides = {"method": method, "base_model": base_model, "data_dir": data, "output_dir": output, "steps": steps,
                  "seed": seed, "lr": lr, "rank": rank, "resolution": resolution, "batch_size": batch_size,
-                 "mixed_precision": mixed_precision, "resume": resume, "mlflow": mlflow, "device": device}
+                 "mixed_precision": mixed_precision, "resume": resume, "mlflow": mlflow, "device": device,
+                 "allow_failed_qa": allow_failed_qa}
     from spf_lib.train.config import TrainConfig
 
     if config is not None:

@@ -11,12 +11,15 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from pydantic import ConfigDict, ValidationError
+from pydantic.dataclasses import dataclass as pydantic_dataclass
+
 from spf_lib.errors import SpfError
 
 MULTI_FACE_POLICIES = ("largest", "reject")
 
 
-@dataclass
+@pydantic_dataclass(config=ConfigDict(extra="forbid"))
 class PrepareConfig:
     """How `prepare_dataset` turns a folder of captioned images into aligned face crops."""
 
@@ -88,6 +91,8 @@ class PrepareConfig:
             raise SpfError(f"{source}: unknown PrepareConfig field(s) {unknown}; known: {sorted(known)}")
         try:
             return cls(**data)
+        except ValidationError as e:
+            raise SpfError(f"{source}: {_format(e)}") from None
         except TypeError as e:
             raise SpfError(f"{source}: {e}") from e
 
@@ -115,6 +120,15 @@ class PrepareConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def _format(e: ValidationError) -> str:
+    """``size=100.5: Input should be a valid integer, ...``: the field, the bad value, what is wrong."""
+    parts = []
+    for err in e.errors():
+        loc = ".".join(str(x) for x in err["loc"]) or "config"
+        parts.append(f"PrepareConfig.{loc}={err.get('input')!r}: {err['msg']}")
+    return "; ".join(parts)
 
 
 @dataclass

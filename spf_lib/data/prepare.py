@@ -145,9 +145,15 @@ def _dup(row: dict, reason: str, detail: str) -> dict:
 
 def prepare_dataset(input_dir: str | Path, output_dir: str | Path,
                     config: PrepareConfig | None = None) -> PrepareResult:
-    """Build the prepare output folder (layout in docs/internals.md); raise SpfError if QA fails beyond tolerance."""
+    """Build the prepare output folder (layout in docs/internals.md); raise SpfError if QA fails beyond tolerance.
+
+    The folder is built and QA'd beside ``output_dir`` and swapped in only afterwards, under a lock: a run that
+    fails (bad input, a crash, a kill) leaves the previous output as it was, and a QA-failing run never replaces an
+    output whose QA passed (it is discarded; the error names the failed expectations). With nothing good to keep,
+    the QA-failing output is put in place so its report can be read (``spf train`` refuses it).
+    """
     from spf_lib.data import outputs
-    from spf_lib.io import atomic_dir
+    from spf_lib.io import atomic_dir, check_output_target, output_lock, sweep_stale_temps
 
     cfg = config or PrepareConfig()
     root = Path(input_dir).resolve()
@@ -156,32 +162,65 @@ def prepare_dataset(input_dir: str | Path, output_dir: str | Path,
         raise SpfError(f"--input {input_dir}: not a folder")
     if out == root or root in out.parents or out in root.parents:
         raise SpfError(f"--output {output_dir}: must not be inside the input folder or contain it")
+    check_output_target(out, owned_if=OWNED_IF, flag="--output")  # before any work
     t0 = time.perf_counter()
     items, ignored = discover(root)
     if not items:
         raise SpfError(f"{root}: no images found (looked for {', '.join(sorted(_suffixes()))} and captions files)")
     log.info("prepare: %d inputs under %s (%d other files ignored)", len(items), root, ignored)
-    with atomic_dir(out) as tmp:
-        crops = tmp / "crops"
-        crops.mkdir()
-        results = run_all(items, cfg, crops)
-        rows = [r for r in results if r["kept"]]
-        kept, dups = dedupe(rows, cfg.dedup_max_distance)
-        used = {r["crop_path"] for r in kept}
-        for d in dups:
-            d.pop("_crop")
-        for r in rows:  # crops of duplicates (an exact duplicate shares its file with the kept row)
-            if r["crop_path"] not in used:
-                (tmp / r["crop_path"]).unlink(missing_ok=True)
-        rejected = sorted([r for r in results if not r["kept"]] + dups, key=lambda r: r["source_path"])
-        if len(kept) + len(rejected) != len(items):  # the stage's core promise; a bug if it ever breaks
-            raise SpfError(f"internal: {len(items)} inputs but {len(kept)} kept + {len(rejected)} rejected")
-        seconds = time.perf_counter() - t0
-        result = outputs.write_all(tmp, out, root, kept, rejected, cfg, n_input=len(items), ignored=ignored,
-                                   seconds=seconds, lineage=_lineage(root))
+    with output_lock(out, what="--output", inside=False):
+        _sweep_own_temps(out)
+        sweep_stale_temps(out.parent)
+        keep_previous = previous_qa_passed(out)
+        with atomic_dir(out, owned_if=OWNED_IF, flag="--output") as tmp:
+            crops = tmp / "crops"
+            crops.mkdir()
+            results = run_all(items, cfg, crops)
+            rows = [r for r in results if r["kept"]]
+            kept, dups = dedupe(rows, cfg.dedup_max_distance)
+            used = {r["crop_path"] for r in kept}
+            for d in dups:
+                d.pop("_crop")
+            for r in rows:  # crops of duplicates (an exact duplicate shares its file with the kept row)
+                if r["crop_path"] not in used:
+                    (tmp / r["crop_path"]).unlink(missing_ok=True)
+            rejected = sorted([r for r in results if not r["kept"]] + dups, key=lambda r: r["source_path"])
+            if len(kept) + len(rejected) != len(items):  # the stage's core promise; a bug if it ever breaks
+                raise SpfError(f"internal: {len(items)} inputs but {len(kept)} kept + {len(rejected)} rejected")
+            seconds = time.perf_counter() - t0
+            result = outputs.write_all(tmp, out, root, kept, rejected, cfg, n_input=len(items), ignored=ignored,
+                                       seconds=seconds, lineage=_lineage(root))
+            if not result.qa_passed and keep_previous:
+                raise SpfError(f"QA failed for the new output ({', '.join(result.qa_failed)}; {result.n_kept} of "
+                               f"{result.n_input} kept); the previous output at {out}, whose QA passed, is kept")
     if not result.qa_passed:
         raise SpfError(f"QA failed for {out}: {', '.join(result.qa_failed)} (see {out / 'qa' / 'report.html'})")
     return result
+
+
+OWNED_IF = ("prepare_summary.json", "manifest.parquet")
+
+
+def previous_qa_passed(out: Path) -> bool:
+    """True when ``out`` holds a prepare output whose QA passed (a good output a failing rerun must not replace)."""
+    import json
+
+    summary = out / "prepare_summary.json"
+    try:
+        return bool(json.loads(summary.read_text(encoding="utf-8")).get("qa_passed")) and \
+            (out / "manifest.parquet").is_file()
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _sweep_own_temps(out: Path) -> None:
+    """Under the output lock no other prepare of ``out`` runs, so every temporary of that name is a leftover."""
+    import shutil
+
+    for p in out.parent.glob(f".{out.name}.*"):
+        if p.name.endswith(".tmp") or ".tmp-" in p.name or ".old-" in p.name:
+            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+            log.info("removed %s (left by an interrupted prepare)", p)
 
 
 def _suffixes() -> set[str]:

@@ -55,20 +55,27 @@ def list_checkpoints(output_dir: str | Path) -> list[Path]:
 
 
 def resolve_resume(output_dir: str | Path, resume: str | None) -> Path | None:
+    """The checkpoint ``resume`` names (newest complete one for 'latest'), or None to start from step 0."""
+    found = resume_candidates(output_dir, resume)
+    return found[0] if found else None
+
+
+def resume_candidates(output_dir: str | Path, resume: str | None) -> list[Path]:
+    """Checkpoints to try, in order: for 'latest' every complete one, newest first (a corrupt newest one falls back
+    to the one before); for an explicit folder just that folder."""
     if not resume:
-        return None
+        return []
     if resume == "latest":
         ckpts = list_checkpoints(output_dir)
         if not ckpts:
             log.warning("resume=latest: no checkpoint under %s; starting from step 0", checkpoint_root(output_dir))
-            return None
-        return ckpts[-1]
+        return ckpts[::-1]
     p = Path(resume)
     if not p.is_absolute() and not p.exists():
         p = checkpoint_root(output_dir) / resume
     if not (p / STATE).is_file():
         raise SpfError(f"resume={resume!r}: {p} is not a complete checkpoint folder")
-    return p
+    return [p]
 
 
 def rng_tensors(generator) -> dict:
@@ -120,6 +127,7 @@ def _write_optimizer(optimizer_state: dict, path: Path) -> None:
 
 def load_checkpoint(path: Path, generator) -> tuple[TrainState, dict, dict]:
     """Return (state, trainable tensors, optimizer state) and restore every RNG."""
+    import pickle  # only for its error type: torch.load(weights_only=True) refuses arbitrary objects
     import random
 
     import torch
@@ -128,12 +136,24 @@ def load_checkpoint(path: Path, generator) -> tuple[TrainState, dict, dict]:
 
     try:
         raw = json.loads((path / STATE).read_text(encoding="utf-8"))
+        if not isinstance(raw, dict):
+            raise ValueError("state.json is not an object")
         state = TrainState(**raw)
+        if not isinstance(state.step, int) or isinstance(state.step, bool) or state.step < 0:
+            raise ValueError(f"step={state.step!r} is not a step count")
+        if (m := STEP_RE.match(path.name)) and int(m.group(1)) != state.step:
+            raise ValueError(f"state.json says step {state.step} but the folder is {path.name}")
         trainable = load_file(str(path / ADAPTER))
         opt = torch.load(str(path / OPTIMIZER), map_location="cpu", weights_only=True)
-        restore_rng(load_file(str(path / RNG)), generator)
-    except (OSError, ValueError, KeyError, TypeError, RuntimeError, SafetensorError) as e:
-        raise SpfError(f"{path}: unreadable checkpoint ({str(e).splitlines()[0]})") from None
+        if not isinstance(opt, dict) or "state" not in opt or "param_groups" not in opt:
+            raise ValueError(f"{OPTIMIZER} is not an optimizer state")
+        rng = load_file(str(path / RNG))
+        if "torch_cpu" not in rng or "generator" not in rng:
+            raise ValueError(f"{RNG} lacks the torch_cpu/generator states")
+        restore_rng(rng, generator)
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError, SafetensorError, EOFError,
+            pickle.UnpicklingError) as e:
+        raise SpfError(f"{path}: unreadable checkpoint ({(str(e).splitlines() or [type(e).__name__])[0]})") from None
     if state.python_random:
         random.setstate(_py_random_from_json(state.python_random))
     return state, trainable, opt

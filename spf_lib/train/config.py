@@ -123,7 +123,9 @@ class TrainConfig(_Strict):
     checkpoint_every: int = Field(0, ge=0, description="Write a resumable checkpoint every N steps (0 = only at end)")
     checkpoints_total_limit: int | None = Field(2, ge=1)
     resume: str | None = Field(None, description="'latest' or a checkpoint folder name/path")
-    device: str | None = Field(None, description="None = cuda if available else cpu")
+    device: str | None = Field(None, pattern=r"^(cpu|cuda|cuda:\d+|mps)$",
+                               description="cpu | cuda | cuda:N | mps; None = cuda if available else cpu")
+    allow_failed_qa: bool = Field(False, description="Train on a prepare output whose QA failed (logged)")
     mlflow: bool = False
     log_every: int = Field(1, ge=1)
     validation: ValidationOptions = Field(default_factory=ValidationOptions)
@@ -181,7 +183,7 @@ class TrainConfig(_Strict):
         from spf_lib.io import sha256_json
 
         d = self.to_json_dict()
-        for k in ("output_dir", "resume", "mlflow", "device", "log_every", *ignore):
+        for k in ("output_dir", "resume", "mlflow", "device", "log_every", "allow_failed_qa", *ignore):
             d.pop(k, None)
         return sha256_json(d)
 

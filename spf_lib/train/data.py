@@ -49,13 +49,16 @@ def strip_phrase(caption: str, phrase: str | None) -> str:
     return out or caption
 
 
-def read_manifest(data_dir: str | Path) -> list[Example]:
+def read_manifest(data_dir: str | Path, *, allow_failed_qa: bool = False) -> list[Example]:
+    """The examples of a prepare output. A dataset whose QA failed is refused unless ``allow_failed_qa`` (then
+    logged as a warning): training on it silently is how a bad data revision reaches the registry."""
     import pandas as pd
 
     root = Path(data_dir)
     path = root / MANIFEST
     if not path.is_file():
         raise SpfError(f"{path}: missing; data_dir must be a `spf data prepare` output folder")
+    check_qa(root, allow_failed_qa=allow_failed_qa)
     try:
         df = pd.read_parquet(path)
     except Exception as e:  # noqa: BLE001
@@ -77,6 +80,28 @@ def read_manifest(data_dir: str | Path) -> list[Example]:
         target = row.target_phrase if isinstance(row.target_phrase, str) and row.target_phrase.strip() else None
         out.append(Example(crop, caption.strip(), phrases, target))
     return out
+
+
+def check_qa(root: Path, *, allow_failed_qa: bool) -> None:
+    """Read ``prepare_summary.json`` (absent for data not made by `spf data prepare`, e.g. the small world's sets)."""
+    import json
+
+    summary = root / "prepare_summary.json"
+    if not summary.is_file():
+        return
+    try:
+        data = json.loads(summary.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise SpfError(f"{summary}: unreadable ({str(e).splitlines()[0]})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("qa_passed"), bool):
+        raise SpfError(f"{summary}: no boolean qa_passed; not a `spf data prepare` summary")
+    if data["qa_passed"]:
+        return
+    failed = ", ".join(map(str, data.get("qa_failed") or [])) or "unknown expectations"
+    if not allow_failed_qa:
+        raise SpfError(f"{root}: data QA failed ({failed}); fix the data, or pass --allow-failed-qa "
+                       "(allow_failed_qa: true) to train on it anyway")
+    log.warning("%s: data QA failed (%s); training anyway because allow_failed_qa is set", root, failed)
 
 
 class BatchSource:

@@ -58,8 +58,10 @@ class Trainer:
 
         quiet_third_parties()
         self.cfg = cfg
-        examples = read_manifest(cfg.data_dir)  # bad data fails before the slow model load
-        device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        from spf_lib.devices import check_device
+
+        examples = read_manifest(cfg.data_dir, allow_failed_qa=cfg.allow_failed_qa)  # before the slow model load
+        device = check_device(cfg.device)
         if cfg.mixed_precision == "fp16" and not device.startswith("cuda"):
             raise SpfError(f"mixed_precision='fp16' needs a CUDA device (device={device!r}); use 'bf16' or 'no'")
         self.accelerator = _accelerator(cfg, device)
@@ -150,12 +152,19 @@ class Trainer:
         from spf_lib.train.checkpoint import load_checkpoint
 
         state, trainable, opt = load_checkpoint(path, self.ctx.generator)
+        if state.step > self.cfg.steps:
+            raise SpfError(f"{path}: checkpoint is at step {state.step} but steps={self.cfg.steps}; raise --steps "
+                           "or train into a new --output")
         if state.resume_hash != self.cfg.resume_hash():
             log.warning("resuming %s written with a different config (more than steps/checkpointing/validation "
                         "changed): the result is not the continuation of that run", path)
-        self.method.load_state_dict(trainable)
-        self.optimizer.load_state_dict(opt)
-        self.lr_scheduler.load_state_dict(state.scheduler)
+        try:
+            self.method.load_state_dict(trainable)
+            self.optimizer.load_state_dict(opt)
+            self.lr_scheduler.load_state_dict(state.scheduler)
+        except (RuntimeError, KeyError, ValueError, TypeError, IndexError) as e:
+            raise SpfError(f"{path}: checkpoint does not fit this model/config "
+                           f"({(str(e).splitlines() or [type(e).__name__])[0][:200]})") from None
         self.step = state.step
         self.history = {k: list(v) for k, v in state.history.items()}
         log.info("resumed from %s at step %d", path, self.step)
@@ -164,7 +173,7 @@ class Trainer:
     # -- outputs ----------------------------------------------------------------------------------------------
     def save_adapter(self) -> Path:
         out = Path(self.cfg.output_dir) / "adapter"
-        with atomic_dir(out) as tmp:
+        with atomic_dir(out, owned_if=(ADAPTER_INFO,), flag="--output") as tmp:
             info = self.method.save_adapter(self.ctx, tmp)
             if "method" not in info or "format" not in info:
                 raise RuntimeError(f"method {self.cfg.method}: save_adapter must return 'method' and 'format'")
@@ -208,18 +217,53 @@ def _jsonable(d: Any) -> Any:
 
 
 def train(cfg: TrainConfig) -> TrainResult:
-    """Run (or resume) a training run described by ``cfg`` and write the output folder (docs/internals.md §2)."""
+    """Run (or resume) a training run described by ``cfg`` and write the output folder (docs/internals.md §2).
+
+    The output folder is locked for the whole run: a second ``spf train`` on it gets one line instead of two runs
+    overwriting each other's checkpoints. Leftover temporaries of killed saves are removed at the start.
+    """
+    from spf_lib.io import check_output_target, output_lock, sweep_stale_temps
+    from spf_lib.train.checkpoint import checkpoint_root
+
+    out = Path(cfg.output_dir)
+    if out.is_symlink() or (out.exists() and not out.is_dir()):
+        raise SpfError(f"--output {out}: exists and is not a folder")
+    check_output_target(out / "adapter", owned_if=(ADAPTER_INFO,), flag="--output")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise SpfError(f"--output {out}: cannot create it ({e.strerror or e})") from None
+    with output_lock(out, what="--output"):
+        for folder in (out, checkpoint_root(out)):
+            sweep_stale_temps(folder, all_temps=True)
+        return _train_locked(cfg, out)
+
+
+def _train_locked(cfg: TrainConfig, out: Path) -> TrainResult:
     from tqdm.auto import tqdm
 
-    from spf_lib.train.checkpoint import list_checkpoints, resolve_resume
+    from spf_lib.devices import oom_as_error
+    from spf_lib.train.checkpoint import list_checkpoints, resume_candidates
     from spf_lib.train.tracking import Tracker
 
     t0 = time.perf_counter()
-    out = Path(cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    resume_from = resolve_resume(out, cfg.resume)
-    trainer = Trainer(cfg)
-    run_id = trainer.resume(resume_from) if resume_from else None
+    candidates = resume_candidates(out, cfg.resume)
+    advice = (f"lower --batch-size (now {cfg.batch_size}) or --resolution (now {cfg.resolution}), or turn on "
+              "gradient_checkpointing / mixed precision")
+    with oom_as_error(f"loading {cfg.base_model}", "use a smaller model or a device with more memory"):
+        trainer = Trainer(cfg)
+    resume_from, run_id = None, None
+    for i, path in enumerate(candidates):
+        try:
+            run_id = trainer.resume(path)
+            resume_from = path
+            if i:
+                log.warning("resume=latest: resumed from %s, the newest checkpoint that loads", path)
+            break
+        except SpfError as e:
+            if cfg.resume != "latest" or i == len(candidates) - 1:
+                raise
+            log.warning("resume=latest: %s; trying the previous checkpoint", e)
     start = trainer.step
     write_json_atomic(out / "train_config.json", cfg.to_json_dict())
     tracker = Tracker(cfg.mlflow, run_id=run_id, run_name=f"train-{cfg.method}")
@@ -230,7 +274,8 @@ def train(cfg: TrainConfig) -> TrainResult:
         tracker.set_tags({"method": cfg.method, "config_hash": trainer.config_hash, "base_model": cfg.base_model})
         bar = tqdm(total=cfg.steps, initial=start, desc=f"train {cfg.method}", unit="step", dynamic_ncols=True)
         while trainer.step < cfg.steps:
-            logs = trainer.train_step()
+            with oom_as_error(f"step {trainer.step + 1}", advice):
+                logs = trainer.train_step()
             bar.update(1)
             bar.set_postfix(loss=f"{logs['loss']:.4f}")
             if trainer.step % cfg.log_every == 0 or trainer.step == cfg.steps:
@@ -244,8 +289,9 @@ def train(cfg: TrainConfig) -> TrainResult:
         if not resume_from or trainer.step > start:
             trainer.save_checkpoint(tracker.run_id)
         adapter = trainer.save_adapter()
-        if (p := trainer.validation_grid(tracker)) is not None:
-            samples.append(str(p))
+        with oom_as_error("validation grid", "disable validation or lower --resolution"):
+            if (p := trainer.validation_grid(tracker)) is not None:
+                samples.append(str(p))
         losses = trainer.history.get("loss", [])
         result = TrainResult(
             output_dir=str(out), adapter_dir=str(adapter), method=cfg.method, steps=trainer.step, start_step=start,
