@@ -140,10 +140,11 @@ def atomic_path(final: str | Path) -> Iterator[Path]:
 
 @contextlib.contextmanager
 def atomic_dir(final: str | Path, *, owned_if: Iterable[str] = (), flag: str = "output",
-               marker: dict[str, Any] | None = None) -> Iterator[Path]:
+               marker: dict[str, Any] | None = None, write_marker: bool = True) -> Iterator[Path]:
     """Yield a temp folder beside ``final``; if the block succeeds it replaces ``final`` (old content removed only
     then). Anything the caller must check (QA, a validation) belongs inside the block: an exception there leaves
-    ``final`` exactly as it was. Refuses (SpfError, before the block runs) to replace what spf did not write."""
+    ``final`` exactly as it was. Refuses (SpfError, before the block runs) to replace what spf did not write.
+    ``write_marker=False``: the folder carries its own mark (one of ``owned_if``), e.g. pulled data."""
     from spf_lib.errors import SpfError
 
     final = Path(final)
@@ -158,8 +159,9 @@ def atomic_dir(final: str | Path, *, owned_if: Iterable[str] = (), flag: str = "
         raise SpfError(f"{flag} {final}: cannot write in {final.parent} ({e.strerror or e})") from None
     try:
         yield tmp
-        (tmp / MARKER).write_text(json.dumps({"written_by": "spf", **(marker or {})}, sort_keys=True) + "\n",
-                                  encoding="utf-8")
+        if write_marker:
+            (tmp / MARKER).write_text(json.dumps({"written_by": "spf", **(marker or {})}, sort_keys=True) + "\n",
+                                      encoding="utf-8")
         check_output_target(final, owned_if=owned_if, flag=flag)  # something may have appeared meanwhile
         if final.exists():
             old = _temp_name(final, "old")

@@ -62,17 +62,21 @@ def register(
     name: Annotated[str | None, typer.Option("--name", help="registered model name (default SPF_MODEL_NAME)")] = None,
     eval_dir: Annotated[Path | None, typer.Option("--eval-dir", help="evaluate output folder (grid, report)")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the result as JSON")] = False,
+    idempotency_key: Annotated[str | None, typer.Option("--idempotency-key", help="registrations with the same key "
+                                                        "make one version (default: hash of adapter, metrics, "
+                                                        "lineage, name)")] = None,
 ) -> None:
     """Register a trained adapter in MLflow's model registry; the new version becomes `challenger`."""
     from spf_lib.registry import register_model
 
     lin = {**(_load_json(lineage_file, "--lineage-file") if lineage_file else {}), **_kv(lineage)}
     m = _load_json(metrics, "--metrics") if metrics else None
-    rv = register_model(adapter, base_model, metrics=m, lineage=lin, model_name=name, eval_dir=eval_dir)
+    rv = register_model(adapter, base_model, metrics=m, lineage=lin, model_name=name, eval_dir=eval_dir,
+                       idempotency_key=idempotency_key)
     if as_json:
         typer.echo(json.dumps(rv.to_dict()))
     else:
-        state = "registered" if rv.created else "already registered (same kfp_run_id)"
+        state = "registered" if rv.created else "already registered (same registration key)"
         typer.echo(f"{rv.name} version {rv.version} {state}; aliases: {', '.join(rv.aliases) or 'none'}; "
                    f"run {rv.run_id}")
 

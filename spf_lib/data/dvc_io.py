@@ -85,7 +85,7 @@ def _pull(repo: str, clone_url: str, redact, rev: str, out_dir: Path, remote: st
             if not fs.exists("data.dvc"):
                 raise SpfError(f"--repo {repo} @ {rev}: no data.dvc at this revision")
             md5, nfiles = data_hash_from_dvcfile(fs.read_text("data.dvc"), f"{repo}@{rev}:data.dvc")
-            with atomic_dir(out_dir) as tmp:
+            with atomic_dir(out_dir, owned_if=(DATA_REF_FILE,), write_marker=False) as tmp:
                 staging = tmp / ".payload"  # fsspec copies a folder's content only into a path that does not exist
                 fs.get(DATA_OUT, str(staging), recursive=True)
                 for child in staging.iterdir():

@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 
 METRICS_FILE = "metrics.json"
 #: metrics.json keys that are not ``name: float | None``.
-STRUCTURED_KEYS = ("unavailable", "pollution_detail", "eval_set", "id_scale")
+STRUCTURED_KEYS = ("unavailable", "pollution_detail", "eval_set", "id_scale", "adapter")
 
 
 @dataclass
@@ -84,6 +84,11 @@ def _check_inputs(cfg: EvalConfig) -> None:
     # The output folder is replaced as a whole: refuse to wipe a folder that is not an earlier evaluation.
     if out.is_dir() and any(out.iterdir()) and not (out / METRICS_FILE).is_file():
         raise SpfError(f"output {out}: folder is not empty and holds no {METRICS_FILE}; give a new or empty folder")
+    from spf_lib.devices import check_device
+    from spf_lib.io import check_output_target
+
+    check_output_target(out, owned_if=(METRICS_FILE,), flag="output")  # unwritable / mount point: before any work
+    check_device(cfg.device)
 
 
 def generate_pairs(cfg: EvalConfig, items: list[Any]) -> tuple[dict, dict, int, dict[str, float]]:
@@ -129,7 +134,10 @@ def evaluate(cfg: EvalConfig) -> EvalResult:
     base, target = es.of_kind("base"), es.of_kind("target")
     log.info("evaluating %s + %s on %s v%s (%d images per model)", cfg.base_model, cfg.adapter_dir, es.name,
              es.version, len(items))
-    orig, tuned, res, gen_timing = generate_pairs(cfg, items)
+    from spf_lib.devices import oom_as_error
+
+    with oom_as_error("evaluate", f"lower --batch-size (now {cfg.batch_size}) or --resolution"):
+        orig, tuned, res, gen_timing = generate_pairs(cfg, items)
 
     state = M.MetricState()
     state.timings["generation"] = gen_timing
@@ -149,13 +157,17 @@ def evaluate(cfg: EvalConfig) -> EvalResult:
     id_scale = DlibEncoder.scale if cfg.face_encoder == "dlib" else OnnxEncoder.scale
 
     out = Path(cfg.output_dir)
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, owned_if=(METRICS_FILE,), flag="output") as tmp:
         diffs = {k: diff_heatmap(orig[k], tuned[k]) for k in orig}
         paths = {"original": save_images(orig, tmp / "images" / "original"),
                  "tuned": save_images(tuned, tmp / "images" / "tuned"),
                  "diff": save_images(diffs, tmp / "images" / "diff")}
+        from spf_lib.io import sha256_tree
+
+        # which adapter these numbers are about: registration refuses metrics of another adapter
         doc = {**state.metrics, "unavailable": state.unavailable, "pollution_detail": detail,
-               "eval_set": es.info(), "id_scale": id_scale}
+               "eval_set": es.info(), "id_scale": id_scale,
+               "adapter": {"hash": sha256_tree(cfg.adapter_dir), "dir": str(cfg.adapter_dir)}}
         write_json_atomic(tmp / METRICS_FILE, doc)
         write_json_atomic(tmp / "pairs.json", {it.key: {"kind": it.kind, "prompt": it.prompt, "seed": it.seed,
                                                          **state.pairs.get(it.key, {})} for it in items})

@@ -142,6 +142,29 @@ class GateVerdict:
         return [c for c in self.checks if not c.passed]
 
 
+#: What the evaluation can produce (docs: pollution and its drifts in [0, 1], identity scores in [0, 1], CLIP cosines
+#: in [-1, 1]). A value outside is a bug or a hand-edited file: never a win, and never a yardstick for others.
+METRIC_RANGES: dict[str, tuple[float, float]] = {
+    "pollution": (0.0, 1.0), "id_sim": (0.0, 1.0), "id_sim_target": (0.0, 1.0), "id_ref_sim": (0.0, 1.0),
+    "clip_t": (-1.0, 1.0), "clip_t_original": (-1.0, 1.0), "clip_i": (-1.0, 1.0), "clip_i_target": (-1.0, 1.0),
+    "ssim": (-1.0, 1.0), "pixel_mae": (0.0, 1.0),
+}
+
+
+def metric_range(name: str) -> tuple[float, float] | None:
+    if name in METRIC_RANGES:
+        return METRIC_RANGES[name]
+    return (0.0, 1.0) if name.startswith("pollution_") else None
+
+
+def out_of_range(name: str, value: float) -> str | None:
+    """Why ``value`` is impossible for metric ``name``, or None."""
+    rng = metric_range(name)
+    if rng is None or rng[0] <= value <= rng[1]:
+        return None
+    return f"{name}={value:.6g} is outside its possible range [{rng[0]:g}, {rng[1]:g}]"
+
+
 def _missing(rule: MetricRule, who: str, metrics: Metrics, on_missing: str) -> Check | None:
     if metrics.values.get(rule.metric) is not None:
         return None
@@ -161,6 +184,9 @@ def evaluate_gate(rules: GateRules, challenger: Metrics, champion: Metrics | Non
             checks.append(miss)
             continue
         value = float(challenger.values[rule.metric])  # type: ignore[arg-type]
+        if (bad := out_of_range(rule.metric, value)) is not None:
+            checks.append(Check(rule.metric, False, False, f"{bad}; refusing impossible metrics"))
+            continue
         lower = rule.better == "lower"
         if rule.bound is not None:
             ok = value <= rule.bound if lower else value >= rule.bound
@@ -175,6 +201,10 @@ def evaluate_gate(rules: GateRules, challenger: Metrics, champion: Metrics | Non
                                     f"({why}), relative check skipped"))
                 continue
             ref = float(champion.values[rule.metric])  # type: ignore[arg-type]
+            if (bad := out_of_range(rule.metric, ref)) is not None:  # an impossible champion blocks nobody
+                checks.append(Check(rule.metric, True, True, f"{rule.metric}={value:.6g}; champion's {bad}, "
+                                    "relative check skipped"))
+                continue
             limit = ref + rule.epsilon if lower else ref - rule.epsilon
             ok = value <= limit if lower else value >= limit
             if not ok:

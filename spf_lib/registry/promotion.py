@@ -2,13 +2,27 @@
 
 Aliases say where things are now; the registered model's tag ``spf.champion_history`` (comma-separated versions)
 remembers the order champions had, so rollback can go back more than one step and says exactly what it did.
-Writes are ordered so that an interrupted promotion, run again, finishes instead of doing something else.
+
+Safe under retries and concurrency, because MLflow cannot move several aliases in one transaction:
+- one promote/rollback per model at a time: a lock that is a registered model ``<name>--spf-lock`` (creating a
+  registered model is the one atomic compare-and-set MLflow offers; its tags name the holder, and a holder that
+  died on this host, or whose lease expired, is taken over);
+- every change is planned first (read-only: aliases, history, gate), written as a journal entry
+  (``spf.last_op``, state ``pending``), applied with absolute, repeatable writes, and marked ``done``. A command
+  that finds a ``pending`` entry (an earlier one died half-way) applies it first, so a retry finishes the earlier
+  change instead of doing something else; a retry of the very same call (same token) returns its recorded result.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
+import os
+import socket
 import time
+import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from spf_lib.errors import SpfError
@@ -20,6 +34,11 @@ from spf_lib.settings import Settings
 log = logging.getLogger(__name__)
 
 HISTORY_TAG = "spf.champion_history"
+OP_TAG = "spf.last_op"
+LOCK_SUFFIX = "--spf-lock"
+LOCK_LEASE_S = float(os.environ.get("SPF_PROMOTE_LOCK_LEASE", "300"))
+ADAPTER_HASH_TAG = "spf.adapter_hash"
+METRICS_ADAPTER_HASH_TAG = "spf.metrics_adapter_hash"
 
 
 class GateFailed(SpfError):
@@ -79,89 +98,298 @@ def _history(client, name: str) -> list[str]:
     return [v for v in raw.split(",") if v]
 
 
+def _version_exists(client, name: str, version: str) -> bool:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.get_model_version(name, version)
+        return True
+    except MlflowException as e:
+        if "RESOURCE_DOES_NOT_EXIST" in str(e.error_code) or "INVALID_PARAMETER_VALUE" in str(e.error_code):
+            return False
+        raise
+
+
+def _delete_alias(client, name: str, alias: str, only_if: str | None = None) -> None:
+    """Delete ``alias`` (only while it still points at ``only_if`` when given); absent is fine."""
+    from mlflow.exceptions import MlflowException
+
+    if only_if is not None:
+        cur = _alias(client, name, alias)
+        if cur is None or str(cur.version) != str(only_if):
+            return
+    try:
+        client.delete_registered_model_alias(name, alias)
+    except MlflowException as e:
+        if "RESOURCE_DOES_NOT_EXIST" not in str(e.error_code) and "INVALID_PARAMETER_VALUE" not in str(e.error_code):
+            raise
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+# -- the lock: a registered model whose creation is atomic --------------------------------------------------------
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True
+    return True
+
+
+def _lock_is_stale(tags: dict[str, str]) -> str | None:
+    """Why the holder can be taken over (it died on this host, or its lease ran out), or None if it holds."""
+    host, _, pid = tags.get("spf.lock_owner", "").rpartition(":")
+    if host == socket.gethostname() and pid.isdigit() and not _pid_alive(int(pid)):
+        return f"its holder (pid {pid} on this host) is gone"
+    try:
+        if time.time() > float(tags.get("spf.lock_expires", "0")):
+            return "its lease expired"
+    except ValueError:
+        return "its lease is unreadable"
+    return None
+
+
+def _acquire(client, name: str, token: str, what: str) -> None:
+    from mlflow.exceptions import MlflowException
+
+    lock = name + LOCK_SUFFIX
+    for _ in range(3):
+        tags = {"spf.lock_token": token, "spf.lock_owner": f"{socket.gethostname()}:{os.getpid()}",
+                "spf.lock_what": what, "spf.lock_since": _now(), "spf.lock_expires": f"{time.time() + LOCK_LEASE_S:.0f}"}
+        try:
+            client.create_registered_model(lock, tags=tags, description=f"spf: {what} of {name} in progress (a lock; "
+                                           "deleted when it ends)")
+            return
+        except MlflowException as e:
+            if "RESOURCE_ALREADY_EXISTS" not in str(e.error_code):
+                raise
+        try:
+            held = client.get_registered_model(lock).tags
+        except MlflowException as e:
+            if "RESOURCE_DOES_NOT_EXIST" in str(e.error_code):
+                continue  # released meanwhile: try again
+            raise
+        if held.get("spf.lock_token") == token:
+            return  # our own earlier attempt created it and its reply was lost
+        stale = _lock_is_stale(held)
+        if stale is None:
+            raise SpfError(f"model {name!r}: another {held.get('spf.lock_what', 'promote/rollback')} is in progress "
+                           f"({held.get('spf.lock_owner', '?')} since {held.get('spf.lock_since', '?')}); "
+                           "run it again when that one has finished")
+        log.warning("model %s: taking over the promotion lock (%s)", name, stale)
+        _release(client, name, held.get("spf.lock_token", ""))
+    raise SpfError(f"model {name!r}: could not take the promotion lock {lock!r}; run it again")
+
+
+def _release(client, name: str, token: str) -> None:
+    from mlflow.exceptions import MlflowException
+
+    lock = name + LOCK_SUFFIX
+    try:
+        if client.get_registered_model(lock).tags.get("spf.lock_token") != token:
+            return  # taken over (our lease ran out): not ours to delete
+        client.delete_registered_model(lock)
+    except MlflowException as e:
+        if "RESOURCE_DOES_NOT_EXIST" not in str(e.error_code):
+            raise
+
+
+@contextlib.contextmanager
+def _locked(client, name: str, token: str, what: str) -> Iterator[None]:
+    _acquire(client, name, token, what)
+    ok = False
+    try:
+        yield
+        ok = True
+    finally:
+        try:
+            _release(client, name, token)
+        except Exception:  # noqa: BLE001 - the retry (same token) or the next command (stale holder) frees it
+            if ok:
+                raise
+            log.warning("model %s: could not release the promotion lock now; it is freed on the next attempt", name)
+
+
+# -- the journal ----------------------------------------------------------------------------------------------------
+
+def _last_op(client, name: str) -> dict | None:
+    raw = client.get_registered_model(name).tags.get(OP_TAG)
+    if not raw:
+        return None
+    try:
+        op = json.loads(raw)
+    except ValueError:
+        log.warning("model %s: tag %s is not JSON; ignored", name, OP_TAG)
+        return None
+    return op if isinstance(op, dict) else None
+
+
+def _write_op(client, name: str, op: dict) -> None:
+    client.set_registered_model_tag(name, OP_TAG, json.dumps(op, sort_keys=True))
+
+
+def _apply(client, name: str, op: dict) -> None:
+    """Bring the registry to the state ``op`` describes. Every write is absolute, so running it twice is harmless."""
+    client.set_registered_model_tag(name, HISTORY_TAG, ",".join(op["history"][-50:]))
+    client.set_registered_model_alias(name, CHAMPION, op["champion"])
+    if op.get("previous"):
+        client.set_registered_model_alias(name, PREVIOUS, op["previous"])
+    else:
+        _delete_alias(client, name, PREVIOUS)
+    if op["op"] == "promote":
+        client.set_model_version_tag(name, op["champion"], "spf.promoted_at", op["at"])
+        client.set_model_version_tag(name, op["champion"], "spf.gate", op.get("gate", "")[:5000])
+        _delete_alias(client, name, CHALLENGER, only_if=op["champion"])
+    elif op.get("demoted") and _version_exists(client, name, op["demoted"]):
+        client.set_model_version_tag(name, op["demoted"], "spf.rolled_back_at", op["at"])
+
+
+def _commit(client, name: str, op: dict) -> None:
+    _write_op(client, name, {**op, "state": "pending"})
+    _apply(client, name, op)
+    _write_op(client, name, {**op, "state": "done"})
+
+
+def _finish_pending(client, name: str) -> dict | None:
+    """Apply a change an earlier command planned but did not finish; return the last op (done) or None."""
+    op = _last_op(client, name)
+    if op and op.get("state") == "pending":
+        log.warning("model %s: finishing an interrupted %s (champion -> version %s) first", name, op.get("op"),
+                    op.get("champion"))
+        _apply(client, name, op)
+        op = {**op, "state": "done"}
+        _write_op(client, name, op)
+    return op
+
+
+def _check_champion_exists(name: str, champ, history: list[str]) -> None:
+    """A champion alias is removed when its version is deleted: with a history that says there was one, that is an
+    error to fix, not a model without champion (a worse challenger would become "first champion")."""
+    if champ is None and history:
+        raise SpfError(f"model {name!r}: no version holds '{CHAMPION}' although version {history[-1]} was champion "
+                       f"({HISTORY_TAG}); it was deleted or the alias removed. `spf rollback {name}` restores the "
+                       "champion before it")
+
+
+# -- promote --------------------------------------------------------------------------------------------------------
+
 def promote(model_name: str, rules: GateRules | None = None, *, settings: Settings | None = None,
             retry: RetryPolicy | None = None, raise_on_fail: bool = False) -> PromotionResult:
     """Run the gate on `challenger` vs `champion`; on pass move `champion`, keep the old one as `previous-champion`."""
+    import mlflow
+
     rules = rules or GateRules()
+    token = uuid.uuid4().hex
+
+    def attempt() -> PromotionResult:
+        client = mlflow.MlflowClient()
+        _require_model(client, model_name)
+        with _locked(client, model_name, token, "promote"):
+            return _promote_once(client, model_name, rules, token)
+
     with mlflow_session(settings) as s:
-        result = with_retries(f"promote {model_name}", lambda: _promote_once(model_name, rules),
-                              target=redact_uri(s.tracking_uri), policy=retry)
+        result = with_retries(f"promote {model_name}", attempt, target=redact_uri(s.tracking_uri), policy=retry)
     log.info("%s", result.message)
     if raise_on_fail and not result.passed:
         raise GateFailed(result.message)
     return result
 
 
-def _promote_once(name: str, rules: GateRules) -> PromotionResult:
-    import mlflow
-
-    client = mlflow.MlflowClient()
-    _require_model(client, name)
+def _promote_once(client, name: str, rules: GateRules, token: str) -> PromotionResult:
+    op = _finish_pending(client, name)
+    if op and op.get("token") == token:  # our own earlier attempt got through; its reply was lost
+        return PromotionResult(name, op["champion"], op.get("previous"), op["champion"], True, [], op["message"])
     chal = _alias(client, name, CHALLENGER)
     champ = _alias(client, name, CHAMPION)
-    if chal is None:
-        raise SpfError(f"model {name!r}: no version has the alias '{CHALLENGER}' (register one first)")
-    cv, pv = str(chal.version), (str(champ.version) if champ else None)
-    if cv == pv:  # an interrupted earlier promotion got as far as moving champion: finish it
-        client.delete_registered_model_alias(name, CHALLENGER)
-        return PromotionResult(name, cv, pv, pv, True, [], f"{name}: version {cv} is already champion")
-    verdict = evaluate_gate(rules, Metrics.from_tags(chal.tags), Metrics.from_tags(champ.tags) if champ else None)
-    if not verdict.passed:
-        failed = "; ".join(c.reason for c in verdict.failed)
-        return PromotionResult(name, cv, pv, pv, False, verdict.checks,
-                               f"{name}: gate failed for version {cv} (champion stays {pv or 'none'}): {failed}")
     history = _history(client, name)
-    if pv is not None:
-        client.set_registered_model_alias(name, PREVIOUS, pv)
-    if not history or history[-1] != cv:
-        if pv is not None and (not history or history[-1] != pv):
-            history.append(pv)  # the champion was set outside us: keep it in the chain
-        history.append(cv)
-    client.set_registered_model_tag(name, HISTORY_TAG, ",".join(history[-50:]))
-    client.set_model_version_tag(name, cv, "spf.promoted_at", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
-    client.set_model_version_tag(name, cv, "spf.gate", "; ".join(c.reason for c in verdict.checks)[:5000])
-    client.set_registered_model_alias(name, CHAMPION, cv)
-    client.delete_registered_model_alias(name, CHALLENGER)
+    pv = str(champ.version) if champ else None
+    if chal is None:
+        if champ is not None and op and op.get("op") == "promote" and op.get("champion") == pv:
+            return PromotionResult(name, None, pv, pv, True, [],
+                                   f"{name}: version {pv} is already champion (promoted {op.get('at', '')}); "
+                                   "no challenger waiting")
+        raise SpfError(f"model {name!r}: no version has the alias '{CHALLENGER}' (register one first)")
+    cv = str(chal.version)
+    if cv == pv:  # champion moved but the challenger alias was not cleared
+        _delete_alias(client, name, CHALLENGER, only_if=cv)
+        return PromotionResult(name, cv, pv, pv, True, [], f"{name}: version {cv} is already champion")
+    _check_champion_exists(name, champ, history)
+    checks = _adapter_checks(chal.tags, cv)
+    verdict = evaluate_gate(rules, Metrics.from_tags(chal.tags), Metrics.from_tags(champ.tags) if champ else None)
+    checks = checks + verdict.checks
+    failed = [c for c in checks if not c.passed]
+    if failed:
+        return PromotionResult(name, cv, pv, pv, False, checks, f"{name}: gate failed for version {cv} (champion "
+                               f"stays {pv or 'none'}): {'; '.join(c.reason for c in failed)}")
+    new_history = list(history)
+    if pv is not None and (not new_history or new_history[-1] != pv):
+        new_history.append(pv)  # the champion was set outside us: keep it in the chain
+    new_history.append(cv)
     was = f"; version {pv} is now '{PREVIOUS}'" if pv else " (first champion)"
-    return PromotionResult(name, cv, pv, cv, True, verdict.checks, f"{name}: version {cv} promoted to champion{was}")
+    message = f"{name}: version {cv} promoted to champion{was}"
+    _commit(client, name, {"op": "promote", "token": token, "champion": cv, "previous": pv, "history": new_history,
+                           "at": _now(), "gate": "; ".join(c.reason for c in checks), "message": message})
+    return PromotionResult(name, cv, pv, cv, True, checks, message)
 
+
+def _adapter_checks(tags: dict[str, str], version: str) -> list[Check]:
+    """The metrics must be about this adapter: registration records both hashes (metrics.json carries the hash of
+    the adapter it evaluated). A mismatch fails; metrics without a hash are reported as unverified."""
+    have, said = tags.get(ADAPTER_HASH_TAG), tags.get(METRICS_ADAPTER_HASH_TAG)
+    if have and said:
+        if have != said:
+            return [Check("adapter_hash", False, False, f"metrics of version {version} were computed for adapter "
+                          f"{said[:12]}, not for its adapter {have[:12]}")]
+        return [Check("adapter_hash", True, False, f"metrics belong to adapter {have[:12]}")]
+    return [Check("adapter_hash", True, True, "metrics carry no adapter hash; not verified")]
+
+
+# -- rollback -------------------------------------------------------------------------------------------------------
 
 def rollback(model_name: str, *, settings: Settings | None = None,
              retry: RetryPolicy | None = None) -> RollbackResult:
     """Give `champion` back to the previous champion; the demoted version loses the alias but stays registered."""
+    import mlflow
+
+    token = uuid.uuid4().hex
+
+    def attempt() -> RollbackResult:
+        client = mlflow.MlflowClient()
+        _require_model(client, model_name)
+        with _locked(client, model_name, token, "rollback"):
+            return _rollback_once(client, model_name, token)
+
     with mlflow_session(settings) as s:
-        result = with_retries(f"rollback {model_name}", lambda: _rollback_once(model_name),
-                              target=redact_uri(s.tracking_uri), policy=retry)
+        result = with_retries(f"rollback {model_name}", attempt, target=redact_uri(s.tracking_uri), policy=retry)
     log.info("%s", result.message)
     return result
 
 
-def _rollback_once(name: str) -> RollbackResult:
-    import mlflow
-
-    client = mlflow.MlflowClient()
-    _require_model(client, name)
+def _rollback_once(client, name: str, token: str) -> RollbackResult:
+    op = _finish_pending(client, name)
+    if op and op.get("token") == token:
+        return RollbackResult(name, op["champion"], op.get("demoted"), op["message"])
     champ = _alias(client, name, CHAMPION)
-    prev = _alias(client, name, PREVIOUS)
-    cur = str(champ.version) if champ else None
     history = _history(client, name)
-    if cur is not None and history and history[-1] == cur:
-        history.pop()
-    target = str(prev.version) if prev else (history[-1] if history else None)
-    if target is None or target == cur:
-        raise SpfError(f"model {name!r}: no previous champion to roll back to (champion is {cur or 'none'})")
-    while history and history[-1] != target:
-        history.pop()
-    client.set_registered_model_tag(name, HISTORY_TAG, ",".join(history) if history else target)
-    client.set_registered_model_alias(name, CHAMPION, target)
-    if cur is not None:
-        client.set_model_version_tag(name, cur, "spf.rolled_back_at", time.strftime("%Y-%m-%dT%H:%M:%SZ",
-                                                                                    time.gmtime()))
-    before = history[-2] if len(history) >= 2 else None
-    if before:
-        client.set_registered_model_alias(name, PREVIOUS, before)
-    else:
-        client.delete_registered_model_alias(name, PREVIOUS)
-    msg = (f"{name}: champion rolled back from version {cur} to version {target}"
-           + (f"; '{PREVIOUS}' is now version {before}" if before else f"; no older champion left as '{PREVIOUS}'"))
-    return RollbackResult(name, target, cur, msg)
+    cur = str(champ.version) if champ else (history[-1] if history else None)
+    if cur is None:
+        raise SpfError(f"model {name!r}: no champion and no champion history; nothing to roll back")
+    chain = history if history and history[-1] == cur else [*history, cur]
+    if len(chain) < 2:
+        raise SpfError(f"model {name!r}: no previous champion to roll back to (champion is {cur})")
+    target = chain[-2]
+    if not _version_exists(client, name, target):
+        raise SpfError(f"model {name!r}: the previous champion, version {target}, no longer exists; nothing changed")
+    new_history = chain[:-1]
+    before = new_history[-2] if len(new_history) >= 2 else None
+    gone = "" if champ is not None else " (deleted)"
+    message = (f"{name}: champion rolled back from version {cur}{gone} to version {target}"
+               + (f"; '{PREVIOUS}' is now version {before}" if before else f"; no older champion left as '{PREVIOUS}'"))
+    _commit(client, name, {"op": "rollback", "token": token, "champion": target, "previous": before,
+                           "history": new_history, "demoted": cur, "at": _now(), "message": message})
+    return RollbackResult(name, target, cur, message)

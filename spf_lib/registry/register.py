@@ -4,12 +4,16 @@ LoRA-format adapters use MLflow's own ``mlflow.diffusers`` flavor (adapter safet
 pyfunc loads base + adapter and returns PNG bytes). Identity methods whose adapters need our loader are logged as a
 models-from-code pyfunc (no pickle) that calls ``spf_lib.methods.load_adapter`` on the base pipeline.
 
-The operation is idempotent per ``kfp_run_id``: KFP retries a failed step by running it again, and a retry after
-the version was created must not create a second one, so we look the version up by tag first.
+The operation is idempotent on a content key that every call has, with or without a ``kfp_run_id``: the hash of
+the adapter's files, the metrics, the lineage and the model name (or an explicit ``idempotency_key``). It is stored
+as the version tag ``spf.registration_key`` in the same request that creates the version, so a retry after a lost
+reply (KFP retrying a step, an operator re-running the command) finds that version instead of creating another.
+The MLflow run it logs into is found by the same key, and every run we open is ended, FINISHED or FAILED.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
@@ -17,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from spf_lib.errors import SpfError
+from spf_lib.io import sha256_json, sha256_tree
 from spf_lib.registry import lineage_keys as lk
 from spf_lib.registry.gate import CHALLENGER
 from spf_lib.registry.metrics import Metrics, eval_set_lineage, parse_metrics
@@ -42,7 +47,7 @@ class RegisteredVersion:
     version: str
     run_id: str
     aliases: tuple[str, ...] = ()
-    created: bool = True  # False when an earlier attempt of the same kfp_run_id had already registered it
+    created: bool = True  # False when an earlier attempt with the same registration key had already registered it
     seconds: float = field(default=0.0, compare=False)
 
     @property
@@ -65,6 +70,7 @@ def register_model(
     run_id: str | None = None,
     settings: Settings | None = None,
     retry: RetryPolicy | None = None,
+    idempotency_key: str | None = None,
 ) -> RegisteredVersion:
     """Log ``adapter_dir`` (on ``base_model``) with lineage + metrics, register it and give it ``challenger``."""
     from spf_lib.methods import read_adapter_info
@@ -83,16 +89,25 @@ def register_model(
     if metrics is None and eval_dir is not None and (eval_dir / "metrics.json").is_file():
         metrics = _read_json(eval_dir / "metrics.json")
     parsed = parse_metrics(metrics or {}, source="metrics")
+    adapter_hash = sha256_tree(adapter_dir)
+    extra_tags = _check_metrics(metrics or {}, parsed, adapter_dir, adapter_hash)
     lineage = {**eval_set_lineage(metrics or {}), **(lineage or {})}
     settings = settings or Settings.from_env()
     name = _check_name(model_name or settings.model_name)
     base_ref = _base_reference(base_model)
     tags = lk.complete(lineage, base_model=base_ref, method=str(info.get("method", "unknown")))
+    if idempotency_key is not None and (not idempotency_key.strip() or len(idempotency_key) > 200
+                                        or "'" in idempotency_key):
+        raise SpfError(f"--idempotency-key {idempotency_key!r}: give 1-200 characters without quotes")
+    key = idempotency_key or sha256_json({"name": name, "adapter": adapter_hash, "tags": tags,
+                                          "metrics": parsed.as_tags(), "format": str(info.get("format", ""))})
+    extra_tags = {**extra_tags, KEY_TAG: key, ADAPTER_HASH_TAG: adapter_hash}
     with mlflow_session(settings) as s:
         target = redact_uri(s.tracking_uri)
         rv = with_retries(
             f"register {name}",
-            lambda: _register_once(adapter_dir, info, base_ref, parsed, tags, name, eval_dir, run_id, s),
+            lambda: _register_once(adapter_dir, info, base_ref, parsed, tags, name, eval_dir, run_id, s,
+                                   key=key, extra_tags=extra_tags),
             target=target, policy=retry,
         )
     rv = RegisteredVersion(rv.name, rv.version, rv.run_id, rv.aliases, rv.created, time.perf_counter() - t0)
@@ -101,68 +116,124 @@ def register_model(
 
 
 def _register_once(adapter_dir: Path, info: dict, base_ref: str, metrics: Metrics, tags: dict[str, str],
-                   name: str, eval_dir: Path | None, run_id: str | None, settings: Settings) -> RegisteredVersion:
+                   name: str, eval_dir: Path | None, run_id: str | None, settings: Settings, *, key: str,
+                   extra_tags: dict[str, str]) -> RegisteredVersion:
     import mlflow
 
     client = mlflow.MlflowClient()
     kfp_run_id = tags.get("kfp_run_id", lk.UNKNOWN)
-    if existing := find_existing_version(client, name, kfp_run_id):
+    if existing := find_existing_version(client, name, key, kfp_run_id):
         aliases = tuple(existing.aliases)
-        if not aliases:  # the earlier attempt died between version creation and alias: finish its work
+        if not aliases and not _was_promoted(existing):  # an earlier attempt died before the alias: finish it
             client.set_registered_model_alias(name, CHALLENGER, existing.version)
             aliases = (CHALLENGER,)
-        log.info("%s: kfp_run_id=%s already registered as version %s; not creating another",
-                 name, kfp_run_id, existing.version)
+        _end_owned_run(client, existing.tags.get("spf.run_id") or existing.run_id, "FINISHED")
+        log.info("%s: already registered as version %s (same registration key); not creating another",
+                 name, existing.version)
         return RegisteredVersion(name, str(existing.version), existing.run_id or "", aliases, created=False)
 
     exp_id = resolve_experiment_id(settings)
-    run_id, owned = _open_run(client, exp_id, run_id, kfp_run_id)
-    version_tags = {**tags, **metrics.as_tags(), "spf.adapter_format": str(info.get("format", "")),
-                    "spf.run_id": run_id}
-    _log_run_data(client, run_id, tags, metrics, info)
-    from spf_lib.registry.card import log_model_card
+    run_id, owned = _open_run(client, exp_id, run_id, kfp_run_id, key)
+    try:
+        version_tags = {**tags, **metrics.as_tags(), **extra_tags, "spf.adapter_format": str(info.get("format", "")),
+                        "spf.run_id": run_id}
+        _log_run_data(client, run_id, tags, metrics, info)
+        from spf_lib.registry.card import log_model_card
 
-    log_model_card(client, run_id, name=name, tags=tags, metrics=metrics, eval_dir=eval_dir)
-    with active_experiment(client.get_run(run_id).info.experiment_id):  # an injected run may live elsewhere
-        model_uri = _log_adapter_model(adapter_dir, info, base_ref, run_id)
-    mv = mlflow.register_model(model_uri, name, tags=version_tags, await_registration_for=60)
-    client.set_registered_model_alias(name, CHALLENGER, mv.version)
+        log_model_card(client, run_id, name=name, tags=tags, metrics=metrics, eval_dir=eval_dir)
+        with active_experiment(client.get_run(run_id).info.experiment_id):  # an injected run may live elsewhere
+            model_uri = _log_adapter_model(adapter_dir, info, base_ref, run_id)
+        mv = mlflow.register_model(model_uri, name, tags=version_tags, await_registration_for=60)
+        client.set_registered_model_alias(name, CHALLENGER, mv.version)
+    except BaseException:
+        if owned:  # best effort: the retry reuses (and finishes) this run; if the server is gone it will
+            with contextlib.suppress(Exception):
+                client.set_terminated(run_id, "FAILED")
+        raise
     if owned:
         client.set_terminated(run_id, "FINISHED")
     return RegisteredVersion(name, str(mv.version), run_id, (CHALLENGER,))
 
 
-def find_existing_version(client, name: str, kfp_run_id: str):
-    """The version an earlier attempt of the same KFP run registered, or None (placeholders never match)."""
-    if not lk.is_real(kfp_run_id):
-        return None
+KEY_TAG = "spf.registration_key"
+ADAPTER_HASH_TAG = "spf.adapter_hash"
+METRICS_ADAPTER_HASH_TAG = "spf.metrics_adapter_hash"
+
+
+def _was_promoted(version) -> bool:
+    """A version that was champion once and lost the alias (rollback) must not become challenger again."""
+    return "spf.promoted_at" in (version.tags or {})
+
+
+def _end_owned_run(client, run_id: str | None, status: str) -> None:
+    """End a register run an earlier attempt left RUNNING (runs injected by a platform are not ours to end)."""
+    if not run_id:
+        return
     from mlflow.exceptions import MlflowException
 
     try:
-        found = client.search_model_versions(f"name = '{_q(name)}' and tags.kfp_run_id = '{_q(kfp_run_id)}'")
-    except MlflowException as e:
-        if "RESOURCE_DOES_NOT_EXIST" in str(e.error_code):
-            return None
-        raise
-    if not found:
-        return None
-    first = min(found, key=lambda v: int(v.version))
-    return client.get_model_version(name, first.version)  # search results may omit aliases
+        run = client.get_run(run_id)
+    except MlflowException:
+        return
+    if run.info.status == "RUNNING" and run.data.tags.get("spf.stage") == "register":
+        client.set_terminated(run_id, status)
 
 
-def _open_run(client, exp_id: str, run_id: str | None, kfp_run_id: str) -> tuple[str, bool]:
+def _check_metrics(raw: dict, parsed: Metrics, adapter_dir: Path, adapter_hash: str) -> dict[str, str]:
+    """Gate metrics must be plain numbers in their possible range, and metrics that name the adapter they were
+    computed for must name this one. Returns the version tag recording that adapter."""
+    from spf_lib.registry.gate import METRIC_RANGES, out_of_range
+
+    for k in METRIC_RANGES:
+        if isinstance(raw.get(k), (list, dict)):
+            raise SpfError(f"metrics: {k!r} = {raw[k]!r} is not a number or null")
+    for k, v in parsed.values.items():
+        if v is not None and (bad := out_of_range(k, v)):
+            raise SpfError(f"metrics: {bad}")
+    evaluated = raw.get("adapter") if isinstance(raw.get("adapter"), dict) else {}
+    said = evaluated.get("hash")
+    if said is None:
+        return {}
+    if said != adapter_hash:
+        raise SpfError(f"metrics were computed for adapter {str(said)[:12]}… ({evaluated.get('dir', '?')}), not for "
+                       f"{adapter_dir} ({adapter_hash[:12]}…); evaluate this adapter or pass its own metrics")
+    return {METRICS_ADAPTER_HASH_TAG: str(said)}
+
+
+def find_existing_version(client, name: str, key: str, kfp_run_id: str = lk.UNKNOWN):
+    """The version an earlier attempt with the same registration key made (or, for versions registered before the
+    key existed, the same real kfp_run_id), or None."""
+    from mlflow.exceptions import MlflowException
+
+    filters = [f"name = '{_q(name)}' and tags.`{KEY_TAG}` = '{_q(key)}'"]
+    if lk.is_real(kfp_run_id):
+        filters.append(f"name = '{_q(name)}' and tags.kfp_run_id = '{_q(kfp_run_id)}'")
+    for filt in filters:
+        try:
+            found = client.search_model_versions(filt)
+        except MlflowException as e:
+            if "RESOURCE_DOES_NOT_EXIST" in str(e.error_code):
+                return None
+            raise
+        if found:
+            first = min(found, key=lambda v: int(v.version))
+            return client.get_model_version(name, first.version)  # search results may omit aliases
+    return None
+
+
+def _open_run(client, exp_id: str, run_id: str | None, kfp_run_id: str, key: str) -> tuple[str, bool]:
     """(run id, whether we own its lifecycle). An injected run (argument or MLFLOW_RUN_ID) is the platform's."""
     injected = run_id or os.environ.get("MLFLOW_RUN_ID")
     if injected:
         client.get_run(injected)  # fail early and clearly if it does not exist
         return injected, False
-    if lk.is_real(kfp_run_id):  # a retry of the same KFP step reuses the run the first attempt created
-        runs = client.search_runs([exp_id], f"tags.kfp_run_id = '{_q(kfp_run_id)}' and tags.`spf.stage` = 'register'",
-                                  max_results=1)
-        if runs:
-            return runs[0].info.run_id, True
+    # a retry of the same registration reuses the run the first attempt created
+    runs = client.search_runs([exp_id], f"tags.`{KEY_TAG}` = '{_q(key)}' and tags.`spf.stage` = 'register'",
+                              max_results=1)
+    if runs:
+        return runs[0].info.run_id, True
     run = client.create_run(exp_id, run_name=f"register-{kfp_run_id}" if lk.is_real(kfp_run_id) else None,
-                            tags={"spf.stage": "register", "kfp_run_id": kfp_run_id})
+                            tags={"spf.stage": "register", "kfp_run_id": kfp_run_id, KEY_TAG: key})
     return run.info.run_id, True
 
 
