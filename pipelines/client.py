@@ -347,7 +347,8 @@ def retrain_if_changed(
     """Submit a run only when ``data.dvc`` no longer matches the data the champion was trained on.
 
     ``client_factory`` is called only when a run is needed, so a no-op check never touches Kubeflow. The run gets
-    ``data_rev`` = the commit holding ``data.dvc`` (immutable, so data prep caches correctly); a ``data.dvc`` with
+    ``data_rev`` = the commit holding ``data.dvc`` (immutable, so data prep caches correctly) and, unless given,
+    ``data_repo`` = that repository's ``origin`` (by default: this project, ``./data.dvc``); a ``data.dvc`` with
     uncommitted changes is refused, because the cluster could not read that revision."""
     dvc_file = Path(dvc_file)
     current = dvc_data_hash(dvc_file)
@@ -366,6 +367,15 @@ def retrain_if_changed(
             raise SpfError(f"{dvc_file}: has uncommitted changes; commit (and dvc push) before retraining")
     run_params = dict(params or {})
     run_params.setdefault(rev_param, git_head(repo))
+    import subprocess
+
+    origin = subprocess.run(["git", "-C", str(repo), "remote", "get-url", "origin"], capture_output=True, text=True,
+                            check=False).stdout.strip()
+    if origin and "data_repo" not in run_params:  # the cluster clones the repo that holds data.dvc
+        from spf_lib.data.dvc_io import refuse_credentials_in_url
+
+        refuse_credentials_in_url(origin, f"{repo}: git remote 'origin'")
+        run_params["data_repo"] = origin
     reason = "no champion yet" if champion is None else f"data changed ({champion} -> {current})"
     run_id = submit(client_factory(), params=run_params, **submit_kwargs)
     return RetrainDecision(True, current, champion, run_id, reason)

@@ -110,7 +110,8 @@ MLFLOW_SECRET_KEYS = {
 }
 GIT_SECRET_KEYS = {"GIT_TOKEN": "SPF_GIT_TOKEN", "GIT_USERNAME": "SPF_GIT_USERNAME"}  # see spf_lib.data.dvc_io
 GIT_SSH_MOUNT = "/etc/spf/git-ssh"
-CONFIG_MAP_KEYS = ("MLFLOW_TRACKING_URI", "MLFLOW_S3_ENDPOINT_URL", "AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION")
+CONFIG_MAP_KEYS = ("MLFLOW_TRACKING_URI", "MLFLOW_S3_ENDPOINT_URL", "AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION",
+                   "SPF_DVC_REMOTE_URL")  # the cluster's DVC store for data repos whose default remote is a folder
 POD_LABEL = "app.kubernetes.io/part-of"
 
 

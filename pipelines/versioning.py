@@ -45,10 +45,18 @@ def git_head(repo_dir: str | Path = ".") -> str:
     return out.stdout.strip()
 
 
-def version_name(package: str | Path | None = None, repo_dir: str | Path = ".") -> str:
+def version_name(package: str | Path | None = None, repo_dir: str | Path | None = None) -> str:
     """``<package version>-<git sha>``, plus ``-dirty-<hash of the compiled package>`` for uncommitted code, so two
-    different dirty builds never collide and the same build uploads under the same name."""
-    state = git_state(repo_dir)
+    different dirty builds never collide and the same build uploads under the same name. The sha is this project's
+    checkout (``spf_lib.lineage.code_revision``) unless ``repo_dir`` names another: the current directory may be a
+    data repository."""
+    if repo_dir is None:
+        from spf_lib.lineage import code_revision
+
+        rev = code_revision()
+        state = GitState("unknown", False) if rev == "unknown" else GitState(rev[:12], rev.endswith("-dirty"))
+    else:
+        state = git_state(repo_dir)
     name = f"{__version__}-{state.sha}"
     if state.dirty:
         suffix = hashlib.sha256(Path(package).read_bytes()).hexdigest()[:8] if package else "local"

@@ -36,3 +36,24 @@ def test_three_commands_from_folder_to_submitted_run(tmp_path, capsys, monkeypat
                                                         "model_name": "mine"}
         assert run["run_id"].startswith("run-")
         assert set(body["runtime_config"]["parameters"]) <= set(spec["root"]["inputDefinitions"]["parameters"])
+
+
+def test_retrain_if_changed_runs_the_repo_that_holds_data_dvc(tmp_path, capsys, monkeypatch):
+    """Default --dvc-file data.dvc in the current repo; data_repo = its origin, data_rev = its HEAD."""
+    from tests._data_helpers import git
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    folder = two_portraits(tmp_path / "my-portraits")
+    repo = tmp_path / "project"
+    assert run_cli(["data", "add", str(folder), "--repo", str(repo)]) == 0
+    git(repo, "remote", "add", "origin", "https://git.example.com/team/portraits.git")
+    monkeypatch.chdir(repo)
+    with FakeKfp() as kfp:
+        assert run_cli(["pipeline", "upload", "--host", kfp.host]) == 0
+        assert run_cli(["pipeline", "retrain-if-changed", "--host", kfp.host, "--model-name", "none-yet"]) == 0
+        decision = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+        assert decision["submitted"] and decision["reason"] == "no champion yet"
+        params = kfp.calls("POST", f"{API}/runs")[0]["json"]["runtime_config"]["parameters"]
+        assert params == {"data_repo": "https://git.example.com/team/portraits.git",
+                          "data_rev": git(repo, "rev-parse", "HEAD")}

@@ -38,10 +38,13 @@ def _quiet_dvc() -> None:
 
 
 def _remote_config_from_env(remote_config: dict[str, Any] | None) -> dict[str, Any] | None:
-    """``SPF_DVC_ENDPOINT_URL`` overrides the endpoint of the remote in use (e.g. inside a cluster)."""
-    endpoint = os.environ.get("SPF_DVC_ENDPOINT_URL")
-    if endpoint and not (remote_config or {}).get("endpointurl"):
-        remote_config = {**(remote_config or {}), "endpointurl": endpoint}
+    """``SPF_DVC_REMOTE_URL`` / ``SPF_DVC_ENDPOINT_URL`` override the URL / endpoint of the remote in use: a cluster
+    reads the same revision from its own store (the committed default remote is a laptop folder, and
+    ``.dvc/config.local`` never travels with a clone)."""
+    for env, key in (("SPF_DVC_REMOTE_URL", "url"), ("SPF_DVC_ENDPOINT_URL", "endpointurl")):
+        value = os.environ.get(env, "").strip()
+        if value and not (remote_config or {}).get(key):
+            remote_config = {**(remote_config or {}), key: value}
     return remote_config
 
 
@@ -244,11 +247,11 @@ def track_dataset(repo_dir: str | Path, data_dir_name: str = DATA_OUT, *, remote
 
 
 @contextlib.contextmanager
-def _dvc_silenced():
+def _dvc_silenced(level_while: int = logging.WARNING):
     """DVC's own logger prints git hints ("To track the changes with git...") that we act on ourselves."""
     logger = logging.getLogger("dvc")
     level = logger.level
-    logger.setLevel(logging.WARNING)
+    logger.setLevel(level_while)
     try:
         yield
     finally:
@@ -437,3 +440,68 @@ def add_data(folder: str | Path, repo_dir: str | Path | None = None, *, remote_u
                             text=True, check=False).stdout.strip()
     return AddResult(repo=repo_dir, rev=rev, data_hash=md5, n_files=int(nfiles or 0), committed=committed,
                      remote=url, data_repo=origin or str(repo_dir))
+
+
+# ---- the project's own data.dvc (the demo's data repository) -----------------------------------------------------
+
+def committed_data_rev(repo_dir: str | Path, regenerate: Any = None) -> tuple[str, str] | None:
+    """(HEAD sha, md5) once the default DVC remote holds the data that HEAD's ``data.dvc`` names; None when
+    ``repo_dir`` is not the top of a git checkout with a committed ``data.dvc`` (the caller then makes its own repo).
+
+    The pipeline reads data at a commit, never from the working tree, so nothing needs committing by the user: on a
+    fresh clone ``data/`` is missing and the local remote empty; the data comes from the remote when it has it
+    (``dvc pull``), else from ``regenerate(data_dir)`` (a deterministic generator, e.g. ``spf data synth``), which
+    must reproduce ``data.dvc`` exactly, and is then pushed. A ``data.dvc`` that differs from HEAD's (uncommitted)
+    is refused: the run would read other data than the user sees.
+    """
+    from dvc.exceptions import DvcException
+    from dvc.repo import Repo
+
+    _quiet_dvc()
+    repo_dir = Path(repo_dir).resolve()
+    dvcfile = repo_dir / "data.dvc"
+    if _toplevel(repo_dir) != repo_dir or not (repo_dir / ".dvc").is_dir():
+        return None
+    at_head = subprocess.run(["git", "-C", str(repo_dir), "cat-file", "-e", "HEAD:data.dvc"], capture_output=True,
+                             check=False)
+    if at_head.returncode != 0:
+        return None
+    if subprocess.run(["git", "-C", str(repo_dir), "diff", "--quiet", "HEAD", "--", "data.dvc"],
+                      check=False).returncode != 0:
+        raise SpfError(f"{dvcfile}: has uncommitted changes; the pipeline reads data at a commit: commit it "
+                       "(spf data add does) or restore it (git checkout data.dvc)")
+    before = dvcfile.read_bytes()
+    md5, _ = data_hash_from_dvcfile(before.decode(), str(dvcfile))
+    sink = io.StringIO()
+    try:
+        # ERROR: a fresh clone's pull warns about the (expected) empty remote before we regenerate
+        with _dvc_silenced(logging.ERROR), contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink), \
+                Repo(str(repo_dir)) as repo:
+            data = repo_dir / DATA_OUT
+
+            def differs() -> bool:  # workspace vs data.dvc; a cache without the objects is not a difference
+                (stage,) = repo.stage.collect(str(dvcfile))
+                return any(out.workspace_status() for out in stage.outs)
+
+            if differs() and not data.exists():
+                import shutil
+
+                try:
+                    repo.pull(targets=[str(dvcfile)])
+                except DvcException:
+                    if regenerate is None:
+                        raise
+                if differs() and regenerate is not None:
+                    shutil.rmtree(data, ignore_errors=True)  # what a failed pull left; there was no data/ before
+                    regenerate(data)
+            if differs():
+                raise SpfError(f"{data}: does not match {dvcfile} (dvc md5 {md5}); restore it (dvc pull / "
+                               "spf data synth) or version the new data (spf data add)")
+            repo.commit(str(dvcfile), force=True)  # workspace -> cache (data.dvc keeps its bytes: same hash)
+            repo.push(targets=[str(dvcfile)])
+    except DvcException as e:
+        raise SpfError(f"{repo_dir}: dvc failed: {_one_line(e)}") from e
+    if dvcfile.read_bytes() != before:  # cannot happen when status was clean; never leave data.dvc rewritten
+        dvcfile.write_bytes(before)
+        raise SpfError(f"{dvcfile}: dvc commit changed it; restored (data/ differs from data.dvc)")
+    return _git(repo_dir, "rev-parse", "HEAD"), md5
