@@ -116,3 +116,15 @@ def test_add_with_an_s3_remote(portraits, tmp_path, capsys, monkeypatch):
         assert json.loads((ref.path / DATA_REF_FILE).read_text())["data_rev"] == _rev(out)
     finally:
         server.stop()
+
+
+def test_origin_is_set_and_pushed_to(portraits, tmp_path, capsys):
+    """--origin URL: the commit lands where a cluster clones from, and the next command names that URL."""
+    bare = tmp_path / "portraits.git"
+    git(tmp_path, "init", "-q", "--bare", str(bare))
+    repo = tmp_path / "data-repo"
+    code, out, err = _add(capsys, portraits, "--repo", repo, "--origin", bare)
+    assert code == 0, err
+    rev = _rev(out)
+    assert git(bare, "rev-parse", "HEAD") == rev
+    assert f"--data-repo {bare} --rev {rev}" in out

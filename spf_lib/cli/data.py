@@ -83,6 +83,8 @@ def add(
     config: Annotated[Path | None, typer.Option("--config", help="PrepareConfig (caption rules) as YAML/JSON")] = None,
     git_push: Annotated[bool, typer.Option("--git-push", help="also git push the commit to origin "
                                            "(a cluster reads the revision from there)")] = False,
+    origin: Annotated[str | None, typer.Option("--origin", help="git URL to set as origin (if none) and push "
+                                               "to")] = None,
 ) -> None:
     """Check a folder like `prepare` does, version it with DVC as data/, push it, commit, print the data_rev."""
     from spf_lib.data.config import PrepareConfig
@@ -92,7 +94,8 @@ def add(
     quiet_third_parties()
     cfg = PrepareConfig.from_file(config) if config else None
     try:
-        r = add_data(folder, repo, remote_url=remote, message=message, git_push=git_push, check_config=cfg)
+        r = add_data(folder, repo, remote_url=remote, message=message, git_push=git_push, origin=origin,
+                     check_config=cfg)
     except PrecheckFailed as e:
         for line in e.problems:
             typer.echo(f"  {line}", err=True)

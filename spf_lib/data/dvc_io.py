@@ -357,7 +357,7 @@ def _sync_into(folder: Path, target: Path) -> None:
 
 
 def add_data(folder: str | Path, repo_dir: str | Path | None = None, *, remote_url: str | None = None,
-             message: str | None = None, push: bool = True, git_push: bool = False,
+             message: str | None = None, push: bool = True, git_push: bool = False, origin: str | None = None,
              check_config: Any = None) -> AddResult:
     """Check ``folder`` like the prepare stage, make it ``data/`` of a git+DVC repo, push it, commit data.dvc.
 
@@ -366,7 +366,8 @@ def add_data(folder: str | Path, repo_dir: str | Path | None = None, *, remote_u
     commit ever names data that its remote lacks. ``remote_url`` (a folder, ``s3://...``) replaces the default
     remote; without one and without a configured remote, a local folder ``.spf/dvc-remote`` in the repo is used
     (enough for `spf pipeline run`; a cluster needs a remote it can reach). Only data.dvc, .gitignore and the DVC
-    config are committed, whatever else the working tree holds.
+    config are committed, whatever else the working tree holds. ``origin`` (a git URL) becomes the repo's
+    ``origin`` when it has none; with it or ``git_push`` the commit is pushed there, where a cluster can read it.
     """
     from dvc.exceptions import DvcException
     from dvc.repo import Repo
@@ -379,6 +380,8 @@ def add_data(folder: str | Path, repo_dir: str | Path | None = None, *, remote_u
     target = repo_dir / DATA_OUT
     if folder != target and (folder == repo_dir or folder in repo_dir.parents):
         raise SpfError(f"{folder}: the data folder must not contain the repository {repo_dir}")
+    if origin:
+        refuse_credentials_in_url(origin, "--origin")
     checked = precheck(folder, check_config)
     if checked.problems:
         raise PrecheckFailed(f"{folder}: {len(checked.problems)} of {checked.n_inputs} inputs would be rejected by "
@@ -434,12 +437,20 @@ def add_data(folder: str | Path, repo_dir: str | Path | None = None, *, remote_u
         _git(repo_dir, "commit", "-q", "-m", message or f"data: {folder.name} ({nfiles} files, dvc md5 {md5})",
              "--", *paths)
     rev = _git(repo_dir, "rev-parse", "HEAD")
-    if git_push:
+    current = subprocess.run(["git", "-C", str(repo_dir), "remote", "get-url", "origin"], capture_output=True,
+                             text=True, check=False).stdout.strip()
+    if origin and not current:
+        _git(repo_dir, "remote", "add", "origin", origin)
+        current = origin
+    elif origin and origin != current:
+        raise SpfError(f"--origin {origin}: the repo's origin is already {current} (data committed as {rev[:12]}, "
+                       "not pushed to git)")
+    if origin or git_push:
+        if not current:
+            raise SpfError(f"{repo_dir}: no git remote 'origin' to push to (give --origin URL)")
         _git(repo_dir, "push", "-q", "origin", "HEAD")
-    origin = subprocess.run(["git", "-C", str(repo_dir), "remote", "get-url", "origin"], capture_output=True,
-                            text=True, check=False).stdout.strip()
     return AddResult(repo=repo_dir, rev=rev, data_hash=md5, n_files=int(nfiles or 0), committed=committed,
-                     remote=url, data_repo=origin or str(repo_dir))
+                     remote=url, data_repo=current or str(repo_dir))
 
 
 # ---- the project's own data.dvc (the demo's data repository) -----------------------------------------------------
