@@ -12,25 +12,76 @@ from pathlib import Path
 
 
 class _TaskLog(io.TextIOBase):
-    """Everything goes to the log file; the runner's own status lines are echoed to the terminal as progress."""
+    """Task output goes to the log file (minus known third-party noise); the terminal gets progress.
+
+    kfp's runner reads each task's output in text mode, so every tqdm refresh (``\\r``) arrives here as a line of
+    its own. The terminal sees the runner's task started/finished lines and our progress bars (training steps with
+    loss and ETA, image generation, data preparation): redrawn in place on a terminal, one line every
+    ``THROTTLE_S`` (and at 100%) when the output is a file or a pipe.
+    """
 
     ECHO = re.compile(r"^\S.* - \w+ - (Running pipeline|Executing task|Task .* finished with status|Pipeline .* finished)")
+    PROGRESS = re.compile(r"^\s*(?P<desc>[^:|]{1,40}):\s+(?P<pct>\d+)%\|[^|]*\|\s*(?P<rest>.*)$")
+    #: progress bars that are not a stage's work (library loading)
+    QUIET_BARS = re.compile(r"^(Loading|Fetching|Downloading)")
+    #: third-party lines that say nothing about this run (never written to the log)
+    NOISE = re.compile(
+        r"Skipping registering function .* because it"  # Great Expectations, ~150 lines per prepare
+        r"|requires torchvision \(not installed\); falling back to"  # transformers' image processors, harmless
+        r"|No LoRA keys associated to CLIPTextModel found"  # diffusers: our adapters have no text-encoder part
+    )
+    THROTTLE_S = 10.0
+    ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
     def __init__(self, log_file: io.TextIOBase, terminal: io.TextIOBase) -> None:
+        import time
+
         self.log_file, self.terminal, self._line = log_file, terminal, ""
+        self._tty = bool(getattr(terminal, "isatty", lambda: False)())
+        self._bar_open = False
+        self._last: dict[str, float] = {}
+        self._clock = time.monotonic
 
     def write(self, text: str) -> int:
-        self.log_file.write(text)
         self._line += text
         *lines, self._line = self._line.split("\n")
         for line in lines:
-            if self.ECHO.match(line):
+            if self.NOISE.search(line):
+                continue
+            self.log_file.write(line + "\n")
+            plain = self.ANSI.sub("", line)
+            if self.ECHO.match(plain):
+                self._end_bar()
                 self.terminal.write(line + "\n")
                 self.terminal.flush()
+            elif (m := self.PROGRESS.match(plain)) and not self.QUIET_BARS.match(m["desc"].strip()):
+                self._progress(m["desc"].strip(), int(m["pct"]), m["rest"].strip())
         return len(text)
+
+    def _progress(self, desc: str, pct: int, rest: str) -> None:
+        shown = f"    {desc}: {pct:3d}% {rest}"
+        if self._tty:
+            self.terminal.write("\r" + shown[:160] + "\x1b[K")
+            self._bar_open = True
+        else:
+            now = self._clock()
+            if pct < 100 and now - self._last.get(desc, -1e9) < self.THROTTLE_S:
+                return
+            self._last[desc] = now
+            self.terminal.write(shown + "\n")
+        self.terminal.flush()
+
+    def _end_bar(self) -> None:
+        if self._bar_open:
+            self.terminal.write("\n")
+            self._bar_open = False
 
     def flush(self) -> None:
         self.log_file.flush()
+
+    def close_bar(self) -> None:
+        self._end_bar()
+        self.terminal.flush()
 
 
 def run_local(params: dict, pipeline_root: str | Path, log_path: str | Path | None = None) -> dict:
@@ -71,6 +122,7 @@ def run_local(params: dict, pipeline_root: str | Path, log_path: str | Path | No
         raise SpfError(f"pipeline failed: {e}\n--- last lines of {log_path} ---\n{tail}") from e
     finally:
         if log_file:
+            stream.close_bar()
             log_file.close()
     out = dict(task.outputs)
     out["registration"] = json.loads(out["registration"])

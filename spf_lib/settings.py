@@ -42,7 +42,14 @@ class Settings:
 
 
 def quiet_third_parties() -> None:
-    """Turn off telemetry/analytics of dependencies (offline machines stall on them)."""
+    """Turn off telemetry/analytics of dependencies (offline machines stall on them) and their import-time chatter.
+
+    Great Expectations logs ~150 "Skipping registering function ..." INFO lines while it is imported; under kfp's
+    executor (root logger at INFO) they filled the task logs. Its warnings and errors still come through.
+    """
+    import logging
+
+    logging.getLogger("great_expectations").setLevel(logging.WARNING)
     for k, v in {
         "MLFLOW_DISABLE_TELEMETRY": "true",
         "GX_ANALYTICS_ENABLED": "false",

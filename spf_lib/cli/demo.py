@@ -130,5 +130,23 @@ def print_summary(console, ws, out: dict, seconds: float, method: str = "", base
     lines.append(("wall time", f"{seconds:.0f}s"))
     for label, text in lines:
         console.print(f"[bold]{label}:[/] {text}", soft_wrap=True, highlight=False)
-    console.print("Browse runs, metrics and images: [bold]spf ui[/]   (MLflow's UI on "
+    console.print(f"Browse runs, metrics and images: [bold]{spf_command()} ui[/]   (MLflow's UI on "
                   f"{ws.tracking_uri}; Ctrl-C stops it)", soft_wrap=True, highlight=False)
+
+
+def spf_command() -> str:
+    """How to type `spf` here: plain when it is on PATH (an activated venv), else the path that ran this one
+    (``make demo`` runs ``.venv/bin/spf`` without activating the venv)."""
+    import shutil
+    import sys
+
+    me = Path(sys.argv[0])
+    if me.name != "spf":
+        return "spf"
+    on_path = shutil.which("spf")
+    if on_path and Path(on_path).resolve() == me.resolve():
+        return "spf"
+    try:
+        return str(me.resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return str(me)

@@ -93,7 +93,7 @@ def run_all(items: list[InputItem], cfg: PrepareConfig, crops_dir: Path) -> list
 
     n = min(cfg.workers or os.cpu_count() or 1, len(items))
     fn = partial(process_one, cfg=cfg, crops_dir=crops_dir)
-    bar = {"total": len(items), "desc": "prepare", "unit": "img", "disable": None, "leave": False}
+    bar = {"total": len(items), "desc": "prepare", "unit": "img", "disable": False, "leave": False}
     if n <= 1 or len(items) < 4:
         return [fn(it) for it in tqdm(items, **bar)]
     methods = multiprocessing.get_all_start_methods()
