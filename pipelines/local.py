@@ -20,7 +20,8 @@ class _TaskLog(io.TextIOBase):
     ``THROTTLE_S`` (and at 100%) when the output is a file or a pipe.
     """
 
-    ECHO = re.compile(r"^\S.* - \w+ - (Running pipeline|Executing task|Task .* finished with status|Pipeline .* finished)")
+    ECHO = re.compile(
+        r"^\S.* - \w+ - (Running pipeline|Executing task|Task .* finished with status|Pipeline .* finished)")
     PROGRESS = re.compile(r"^\s*(?P<desc>[^:|]{1,40}):\s+(?P<pct>\d+)%\|[^|]*\|\s*(?P<rest>.*)$")
     #: progress bars that are not a stage's work (library loading)
     QUIET_BARS = re.compile(r"^(Loading|Fetching|Downloading)")

@@ -74,15 +74,13 @@ def test_comparison_picture_rows_columns_and_same_eval_set(tmp_path):
 
 
 def test_probe_metrics_read_the_target_and_the_drift():
+    from dataclasses import replace
+
     from spf_lib.eval.evalset import EvalItem
     from spf_lib.eval.metrics import MetricState
     from spf_lib.eval.probe_scores import probe_scores
     from spf_lib.world.attributes import sample_attributes
-    from spf_lib.world.render import render_portrait
-
-    from dataclasses import replace
-
-    from spf_lib.world.render import Layout
+    from spf_lib.world.render import Layout, render_portrait
 
     rng = np.random.default_rng(3)
     attrs = [sample_attributes(rng, fixed={"background": "blue", "expression": "neutral"}) for _ in range(4)]
