@@ -15,6 +15,7 @@ def compare_models(
     kfp_run_id: str,
     comparison: Output[Artifact],
     picture: Output[HTML],
+    pipeline_run_name: str = "",
 ) -> str:
     import json
     from pathlib import Path
@@ -26,7 +27,7 @@ def compare_models(
     # Without a baseline the same evaluation comes in twice (KFP has no optional input here); draw it once.
     columns = {baseline_method: baseline_evaluation.path} if baseline_method else {}
     columns[method] = evaluation.path
-    result = compare_stage(columns, comparison.path, kfp_run_id=kfp_run_id)
+    result = compare_stage(columns, comparison.path, kfp_run_id=kfp_run_id, run_name=pipeline_run_name)
     Path(picture.path).write_text(Path(result["html"]).read_text(encoding="utf-8"), encoding="utf-8")
     comparison.metadata.update({"picture": result["picture"], "columns": result["columns"]})
     return json.dumps(result)

@@ -106,12 +106,14 @@ def portrait_pipeline(
         platform.configure_evaluate(bev, params)
         cmp = compare_models(evaluation=ev.outputs["evaluation"], baseline_evaluation=bev.outputs["evaluation"],
                              method=method, baseline_method=baseline_method,
-                             kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER)
+                             kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+                             pipeline_run_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER)
         cmp.set_display_name("comparison picture")
         platform.configure_compare(cmp, params)
     with dsl.Else(name="without-baseline"):
         solo = compare_models(evaluation=ev.outputs["evaluation"], baseline_evaluation=ev.outputs["evaluation"],
-                              method=method, baseline_method="", kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER)
+                              method=method, baseline_method="", kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+                              pipeline_run_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER)
         solo.set_display_name("comparison picture")
         platform.configure_compare(solo, params)
     outputs = NamedTuple("PipelineOutputs", [("registration", str), ("metrics", str), ("data_rev", str),

@@ -165,7 +165,8 @@ def register_stage(adapter_dir: str | Path, eval_dir: str | Path | None, base_mo
     return out
 
 
-def compare_stage(columns: dict[str, str | Path], out_dir: str | Path, *, kfp_run_id: str = "") -> dict:
+def compare_stage(columns: dict[str, str | Path], out_dir: str | Path, *, kfp_run_id: str = "",
+                  run_name: str = "") -> dict:
     """The comparison picture (PNG + a self-contained HTML page) of evaluations of the same eval set.
 
     ``columns`` maps a method name to its evaluation output folder, in column order. When ``kfp_run_id`` names a
@@ -185,11 +186,25 @@ def compare_stage(columns: dict[str, str | Path], out_dir: str | Path, *, kfp_ru
     write_text_atomic(page, comparison_html(png, summaries, title))
     result = {**drawn, "html": str(page), "methods": summaries, "mlflow_run_id": None}
     if kfp_run_id:
-        result["mlflow_run_id"] = _attach_to_pipeline_run(kfp_run_id, png)
+        result["mlflow_run_id"] = _attach_to_pipeline_run(kfp_run_id, png, run_name)
     (out / "comparison.json").write_text(json.dumps(result, indent=2, sort_keys=True), encoding="utf-8")
     return result
 
 
-def _attach_to_pipeline_run(kfp_run_id: str, png: Path) -> str | None:
-    """Log the picture into the pipeline run's MLflow run (None until that run exists; see issue 14)."""
-    return None
+def _attach_to_pipeline_run(kfp_run_id: str, png: Path, run_name: str = "") -> str | None:
+    """Log the picture into the pipeline run's MLflow (parent) run; None when that API or the store is not there.
+
+    Best effort on purpose: the picture is already in the KFP artifact and printed by the demo; a tracking outage
+    must not fail a run whose models are trained and registered.
+    """
+    try:
+        from spf_lib.registry.session import pipeline_run
+    except ImportError:  # the MLflow half of issue 14 provides it
+        return None
+    try:
+        with pipeline_run(kfp_run_id, run_name or None) as run:
+            run.log_artifact(str(png), artifact_path="comparison")
+            return run.run_id
+    except Exception as e:  # noqa: BLE001
+        log.warning("comparison picture not attached to MLflow (%s: %s); it stays at %s", type(e).__name__, e, png)
+        return None
