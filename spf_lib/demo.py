@@ -153,15 +153,18 @@ def demo_configs(resolution: int, steps: int, method: str, clip_model: str | Non
     Training: rank 8, lr 3e-3, batch 8, 64 px (bench/fidelity.py), SPF's CLIP image embedder = the world CLIP.
     Evaluation: DDIM 20 steps, guidance 4 — the bench's sampler, under which the probes were checked.
     """
+    from spf_lib.registry.gate import TARGET_CLIP_GAIN_FLOOR
+
     clip_model = clip_model if clip_model is not None else (
         str(WORLD_CLIP) if (WORLD_CLIP / "config.json").is_file() else None)
     probes = probes if probes is not None else (
         str(WORLD_PROBES) if (WORLD_PROBES / "probes.json").is_file() else None)
     world = probes is not None
-    prepare = {"size": resolution, "padding": 0.85}  # 0.85: the aligned crop frames the face as the world's renders do
+    prepare: dict = {"size": resolution}
     train: dict = {"steps": steps, "resolution": resolution, "checkpoint_every": max(steps // 2, 1)}
     evaluate: dict = {"num_inference_steps": 10, "resolution": resolution}
     if world:
+        prepare["padding"] = 0.85  # the aligned 64-px crop then frames the face as the world's renders do
         first = demo_eval_set(1, 1)["base_prompts"][0]
         train.update({"lr": 3e-3, "batch_size": 8, "rank": 8, "checkpoints_total_limit": 1,
                       "validation": {"prompts": [first, f"{first}, wearing round glasses"], "seeds": [1000],
@@ -175,7 +178,8 @@ def demo_configs(resolution: int, steps: int, method: str, clip_model: str | Non
         rules = demo_gate_rules()
     else:
         rules = {"rules": [{"metric": "pollution", "better": "lower", "epsilon": 0.01, "bound": 0.5}]
-                 + ([{"metric": "clip_t_gain", "better": "higher", "bound": 0.0}] if clip_model else [])}
+                 + ([{"metric": "clip_t_gain", "better": "higher", "bound": TARGET_CLIP_GAIN_FLOOR}]
+                    if clip_model else [])}
     return {
         "prepare_config_json": json.dumps(prepare),
         "train_config_json": json.dumps(train),

@@ -176,11 +176,13 @@ def compare_stage(columns: dict[str, str | Path], out_dir: str | Path, *, kfp_ru
     from spf_lib.eval.compare import comparison_html, comparison_picture, method_summary
     from spf_lib.io import write_text_atomic
 
+    names = {"lora": "LoRA", "spf": "SPF", "celeb-basis": "Celeb Basis", "beyond-inserting": "Beyond Inserting"}
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     png = out / "comparison.png"
-    title = "original vs " + " vs ".join(columns) + " (same prompts, same seeds)"
-    drawn = comparison_picture(columns, png, title=title)
+    shown = [names.get(m, m) for m in columns]
+    title = "original vs " + " vs ".join(shown) + " (same prompts, same seeds)"
+    drawn = comparison_picture(dict(zip(shown, columns.values())), png, title=title)
     summaries = {m: method_summary(d) for m, d in columns.items()}
     page = out / "comparison.html"
     write_text_atomic(page, comparison_html(png, summaries, title))
