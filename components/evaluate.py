@@ -16,7 +16,6 @@ def evaluate_model(
     report: Output[HTML],
 ) -> str:
     import json
-    import shutil
     from pathlib import Path
 
     from spf_lib.settings import quiet_third_parties
@@ -24,13 +23,16 @@ def evaluate_model(
 
     quiet_third_parties()
     adapter_dir = Path(model.path) / "adapter"
-    evaluate_stage(adapter_dir, base_model, eval_config_json, evaluation.path)
+    evaluate_stage(adapter_dir, base_model, eval_config_json, evaluation.path,
+                   mlflow_run_id=model.metadata.get("mlflow_run_id") or None)
     metrics = json.loads((Path(evaluation.path) / "metrics.json").read_text())
     for key, value in metrics.items():
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             eval_metrics.log_metric(key, float(value))
     page = Path(evaluation.path) / "report.html"
-    if page.is_file():
-        shutil.copyfile(page, report.path)
+    if page.is_file():  # KFP's viewer shows one file: the report with its PNGs inlined (spf_lib/eval/report.py)
+        from spf_lib.eval.report import inline_images
+
+        Path(report.path).write_text(inline_images(page.read_text(encoding="utf-8"), page.parent), encoding="utf-8")
     flat = {k: v for k, v in metrics.items() if isinstance(v, (int, float, type(None)))}
     return json.dumps({**flat, "unavailable": metrics.get("unavailable", {})})

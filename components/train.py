@@ -19,6 +19,8 @@ def train_model(
     kfp_run_id: str,
     model: Output[Model],
     train_metrics: Output[Metrics],
+    pipeline_run_name: str = "",
+    branch: str = "",
 ) -> NamedTuple("TrainOutputs", [("lineage_json", str), ("mlflow_run_id", str), ("final_loss", float)]):
     import json
     from collections import namedtuple
@@ -37,9 +39,13 @@ def train_model(
     # On the cluster checkpoints live on a PVC per run, so a retried pod resumes; locally in the output folder.
     work = checkpoint_dir(kfp_run_id, default=model.path)
     launcher = train_launch_prefix() if visible_gpu_count() > 1 else None
+    # MLflow: the branch's child run of this pipeline run (named after it); evaluate/register find it in metadata
     summary = train_stage(prepared.path, base_model, method, train_config_json, model.path, lineage,
-                          work_dir=None if work == model.path else work, launcher=launcher)
-    model.metadata.update({**summary["lineage"], "format": "spf-adapter"})
+                          work_dir=None if work == model.path else work, launcher=launcher,
+                          mlflow_branch=branch, pipeline_run_name=pipeline_run_name or None,
+                          data_repo=prepared.metadata.get("data_repo"))
+    model.metadata.update({**summary["lineage"], "format": "spf-adapter",
+                           "mlflow_run_id": str(summary.get("mlflow_run_id") or "")})
     final_loss = float(summary.get("final_loss") or 0.0)
     train_metrics.log_metric("final_loss", final_loss)
     train_metrics.log_metric("steps", float(summary.get("steps") or 0))

@@ -74,7 +74,7 @@ def portrait_pipeline(
     train = train_model(
         prepared=prep.outputs["prepared"], base_model=base_model, method=method,
         train_config_json=train_config_json, pipeline_name=PIPELINE_NAME, pipeline_version=pipeline_version,
-        kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+        kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER, pipeline_run_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
     )
     train.set_display_name("train adapter")
     platform.configure_train(train, params)
@@ -97,7 +97,7 @@ def portrait_pipeline(
         btrain = train_model(
             prepared=prep.outputs["prepared"], base_model=base_model, method=baseline_method,
             train_config_json=train_config_json, pipeline_name=PIPELINE_NAME, pipeline_version=pipeline_version,
-            kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+            kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER, pipeline_run_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
         )
         btrain.set_display_name("train baseline adapter")
         platform.configure_train(btrain, params)

@@ -6,8 +6,10 @@ and tested without kfp. Each returns a JSON-serialisable dict that the component
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
 import tempfile
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
@@ -78,12 +80,16 @@ def prepare_stage(data_repo: str, data_rev: str, config_json: str, out_dir: str 
 
 def train_stage(data_dir: str | Path, base_model: str, method: str, config_json: str, out_dir: str | Path,
                 lineage: dict[str, str], *, work_dir: str | Path | None = None,
-                launcher: list[str] | None = None) -> dict:
+                launcher: list[str] | None = None, mlflow_branch: str | None = None,
+                pipeline_run_name: str | None = None, data_repo: str | None = None) -> dict:
     """Fine-tune ``base_model`` on a prepared dataset with the chosen method; the result lands in ``out_dir``.
 
     ``work_dir`` (a persistent volume on the cluster) holds checkpoints across retries of the same run: training
     resumes from its latest checkpoint and the finished adapter is copied to ``out_dir``. ``launcher`` is an argv
     prefix such as ``accelerate launch ... -m``: training then runs as ``spf train`` under it (one process per GPU).
+    ``mlflow_branch`` (the pipeline passes it; "" = the method) logs training into that branch's child of the
+    pipeline run's MLflow run (``session.pipeline_run``), with the data as its dataset input; evaluation and
+    registration log into the same run later (``mlflow_run_id`` of the result).
     """
     import shutil
     import subprocess
@@ -103,14 +109,30 @@ def train_stage(data_dir: str | Path, base_model: str, method: str, config_json:
     resolved = to_dict(cfg)
     lineage = {**lineage, "method": method, "config_hash": config_hash(
         {k: v for k, v in resolved.items() if k not in ("data_dir", "output_dir", "resume")})}
-    if launcher:
-        work.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(work / "launch_config.json", resolved)
-        subprocess.run([*launcher, "spf_lib.cli.main", "train", "--config", str(work / "launch_config.json")],
-                       check=True)
-        out = json.loads((work / "train_summary.json").read_text())
-    else:
-        out = to_dict(train(cfg))
+    run_id = None
+    if mlflow_branch is not None and not os.environ.get("MLFLOW_RUN_ID"):  # a platform-injected run wins
+        run_id = _branch_run(lineage, mlflow_branch or method, pipeline_run_name, data_dir, data_repo)
+    if run_id:
+        cfg = cfg.model_copy(update={"mlflow": True})
+        resolved["mlflow"] = True
+    try:
+        with _env("MLFLOW_RUN_ID", run_id):  # the trainer (and a launched `spf train`) logs into the branch run
+            if launcher:
+                work.mkdir(parents=True, exist_ok=True)
+                write_json_atomic(work / "launch_config.json", resolved)
+                subprocess.run([*launcher, "spf_lib.cli.main", "train", "--config",
+                                str(work / "launch_config.json")], check=True)
+                out = json.loads((work / "train_summary.json").read_text())
+            else:
+                out = to_dict(train(cfg))
+    except BaseException:
+        if run_id:
+            from spf_lib.registry.session import end_branch_run
+
+            end_branch_run(run_id, "FAILED")
+        raise
+    if run_id:
+        out["mlflow_run_id"] = run_id
     if work != Path(out_dir):
         Path(out_dir).mkdir(parents=True, exist_ok=True)
         shutil.copytree(work / "adapter", Path(out_dir) / "adapter", dirs_exist_ok=True)
@@ -121,15 +143,69 @@ def train_stage(data_dir: str | Path, base_model: str, method: str, config_json:
     return out
 
 
-def evaluate_stage(adapter_dir: str | Path, base_model: str, config_json: str, out_dir: str | Path) -> dict:
-    """Generate original vs tuned on fixed prompts and seeds; compute ID, CLIP and pollution scores."""
+def evaluate_stage(adapter_dir: str | Path, base_model: str, config_json: str, out_dir: str | Path,
+                   mlflow_run_id: str | None = None) -> dict:
+    """Generate original vs tuned on fixed prompts and seeds; compute ID, CLIP and pollution scores.
+
+    With ``mlflow_run_id`` (the pipeline's branch run from training) grids, table, metrics and report go there, and
+    the branch run is marked ended (registration, when it follows, logs into it and ends it again)."""
     from spf_lib.eval.config import EvalConfig
     from spf_lib.eval.run import evaluate
 
     overrides = parse_json_arg(config_json, "eval_config_json")
     overrides.update({"base_model": base_model, "adapter_dir": str(adapter_dir), "output_dir": str(out_dir)})
-    result = evaluate(_build(EvalConfig, **overrides))
+    if mlflow_run_id:
+        overrides["mlflow_run_id"] = mlflow_run_id
+    from spf_lib.registry.session import end_branch_run
+
+    try:
+        result = evaluate(_build(EvalConfig, **overrides))
+    except BaseException:
+        if mlflow_run_id:
+            end_branch_run(mlflow_run_id, "FAILED")
+        raise
+    if mlflow_run_id:  # a branch that is evaluated but not registered (a baseline) ends here; register re-ends its own
+        end_branch_run(mlflow_run_id, "FINISHED")
     return to_dict(result)
+
+
+def _branch_run(lineage: dict[str, str], branch: str, run_name: str | None, data_dir: str | Path,
+                data_repo: str | None) -> str | None:
+    """The branch's MLflow run of this pipeline run (created on first use), with the data as its input and the
+    pipeline's lineage on the parent; None outside a pipeline run (no real kfp_run_id)."""
+    from spf_lib.registry.dataset import log_dataset_input
+    from spf_lib.registry.lineage_keys import is_real
+    from spf_lib.registry.scrub import scrub
+    from spf_lib.registry.session import pipeline_run
+
+    kfp_run_id = lineage.get("kfp_run_id", "")
+    if not is_real(kfp_run_id):
+        return None
+    rev, data_hash = lineage.get("data_rev", ""), lineage.get("data_hash", "")
+    shared, _ = scrub({k: lineage[k] for k in ("data_rev", "data_hash", "code_rev", "pipeline_name",
+                                                "pipeline_version") if is_real(lineage.get(k))})
+    for branch_name in (None, branch):
+        with pipeline_run(kfp_run_id, run_name if is_real(run_name) else None, branch=branch_name) as run:
+            run.set_tags({**shared, **({"method": lineage.get("method", branch)} if branch_name else {})})
+            if data_repo and is_real(rev) and is_real(data_hash):
+                log_dataset_input(run.client, run.run_id, data_dir=data_dir, repo=data_repo, rev=rev,
+                                  data_hash=data_hash)
+    return run.run_id
+
+
+@contextlib.contextmanager
+def _env(name: str, value: str | None):
+    saved = os.environ.get(name)
+    if value is not None:
+        os.environ[name] = value
+    try:
+        yield
+    finally:
+        if value is not None:
+            if saved is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = saved
 
 
 def split_metrics(raw: dict) -> tuple[dict, dict[str, str]]:
@@ -156,11 +232,12 @@ def register_stage(adapter_dir: str | Path, eval_dir: str | Path | None, base_mo
     if eval_dir and (Path(eval_dir) / "metrics.json").is_file():
         metrics, eval_lineage = split_metrics(json.loads((Path(eval_dir) / "metrics.json").read_text()))
         lineage = {**lineage, **eval_lineage}
+    rules = _build(GateRules, **parse_json_arg(gate_json, "gate_rules_json")) if promote else None
     version = register_model(adapter_dir, base_model, metrics=metrics, lineage=lineage, model_name=model_name,
-                             eval_dir=eval_dir, run_id=run_id or None)
+                             eval_dir=eval_dir, run_id=run_id or None,
+                             gate_metrics=[r.metric for r in rules.rules] if rules else ())
     out = {"registered": to_dict(version), "promotion": None}
-    if promote:
-        rules = _build(GateRules, **parse_json_arg(gate_json, "gate_rules_json"))
+    if rules is not None:
         out["promotion"] = to_dict(run_gate(model_name, rules))
     return out
 

@@ -67,7 +67,8 @@ def test_metrics_json_layout(identical):
     assert set(pairs) == {"base_00_s0", "base_00_s1", "target_00_s0", "target_00_s1"}
     for kind in ("original", "tuned", "diff"):
         assert sorted(p.name for p in (identical / "images" / kind).iterdir()) == sorted(f"{k}.png" for k in pairs)
-    assert "data:image/png;base64," in (identical / "report.html").read_text()
+    page = (identical / "report.html").read_text()  # text only: the PNGs above, linked relatively
+    assert "data:image" not in page and all(f"src='images/tuned/{k}.png'" in page for k in pairs)
 
 
 def test_seeds_differ_and_are_reproducible(identical):

@@ -37,10 +37,14 @@ def test_register_lora_then_generate(embedded, lora_adapter, tiny_base, tmp_path
     monkeypatch.chdir(cwd)  # nothing may land in the current directory (MLflow's ./mlruns, ./mlflow.db defaults)
 
     eval_dir = tmp_path / "eval"
-    (eval_dir / "images").mkdir(parents=True)
-    for i in range(3):
-        Image.new("RGB", (32, 32), (80 * i, 40, 200)).save(eval_dir / "images" / f"s{i}.png")
-    (eval_dir / "report.html").write_text("<html><body>report</body></html>")
+    pairs = {}
+    for kind in ("original", "tuned", "diff"):
+        (eval_dir / "images" / kind).mkdir(parents=True)
+        for i in range(3):
+            Image.new("RGB", (32, 32), (80 * i, 40, 200)).save(eval_dir / "images" / kind / f"base_{i}_s0.png")
+            pairs[f"base_{i}_s0"] = {"kind": "base", "prompt": f"prompt {i}", "seed": 0}
+    (eval_dir / "pairs.json").write_text(json.dumps(pairs))
+    (eval_dir / "report.html").write_text("<html><body>report <img src='images/tuned/base_0_s0.png'></body></html>")
     rv = register_model(lora_adapter, str(tiny_base), metrics={"pollution": 0.1, "clip_t": None,
                                                                "unavailable": {"clip_t": "no CLIP weights"}},
                         lineage=LINEAGE, model_name="portrait", eval_dir=eval_dir)
@@ -57,10 +61,14 @@ def test_register_lora_then_generate(embedded, lora_adapter, tiny_base, tmp_path
     assert mv.tags["metric.pollution"] == "0.1" and mv.tags["metric.clip_t"] == "unavailable: no CLIP weights"
     assert run.data.tags["data_hash"] == LINEAGE["data_hash"] and run.data.metrics == {"pollution": 0.1}
     assert run.data.params["config_hash"] == "f" * 64 and run.info.status == "FINISHED"
-    assert {p.name for p in card.iterdir()} == {"README.md", "summary_grid.png", "report.html"}
+    assert {p.name for p in card.iterdir()} == {"README.md", "card.html", "summary_grid.png", "report"}
+    assert {p.name for p in (card / "report").iterdir()} == {"report.html", "report_single_file.html", "images"}
     text = (card / "README.md").read_text()
     assert "abc123" in text and "unavailable: no CLIP weights" in text and "![summary grid]" in text
-    assert Image.open(card / "summary_grid.png").size == (96, 32)
+    assert "data:image/png;base64," in (card / "card.html").read_text()
+    grid = Image.open(card / "summary_grid.png")
+    assert grid.width > 2 * 192 and grid.height > 3 * 192  # 3 labelled rows of original | tuned, enlarged
+    assert mv.description.startswith("**lora** adapter") and "| pollution | 0.1 |" in mv.description
     ml = mlmodel.read_text()
     assert "diffusers:" in ml and "adapter_type: lora" in ml and str(tiny_base) in ml and "signature" in ml
     png = generate("models:/portrait@challenger")

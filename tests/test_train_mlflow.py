@@ -36,7 +36,7 @@ def test_new_run_then_env_run_id(env, tmp_path, monkeypatch):
     assert run.info.status == "FINISHED"
     assert run.data.params["method"] == "lora" and run.data.params["lora.rank"] == "4"
     assert run.data.tags["config_hash"] == res.config_hash
-    hist = client.get_metric_history(run.info.run_id, "loss")
+    hist = client.get_metric_history(run.info.run_id, "train/loss")
     assert [m.step for m in hist] == [1, 2] and [m.value for m in hist] == pytest.approx(res.losses)
     arts = {a.path for a in client.list_artifacts(run.info.run_id, "samples")}
     assert "samples/step-000002.png" in arts
@@ -50,4 +50,4 @@ def test_new_run_then_env_run_id(env, tmp_path, monkeypatch):
                           validation={"enabled": False}))
     assert res2.mlflow_run_id == outer
     run2 = client.get_run(outer)
-    assert run2.info.status == "RUNNING" and "loss" in run2.data.metrics
+    assert run2.info.status == "RUNNING" and "train/loss" in run2.data.metrics

@@ -47,8 +47,9 @@ class EvalConfig:
     #: MLflow: log grids/table/metrics into this run; without it, only into an already active run.
     mlflow_run_id: str | None = None
     log_mlflow: bool = True
-    #: Embed images as data URIs so the single HTML file renders in the KFP / MLflow UIs.
-    report_embed_images: bool = True
+    #: False: report.html links the PNGs under images/ (text only; see spf_lib/eval/report.py for the single-file
+    #: copy KFP and MLflow show). True: the old self-contained file with data URIs.
+    report_embed_images: bool = False
     #: TEST ONLY: accept backbones whose weights look untrained (tiny random CLIP) to exercise code paths.
     allow_untrained_backbones: bool = False
     cache_dir: str | None = None

@@ -1,4 +1,5 @@
-"""Send the evaluation to MLflow: the same grids and per-pair table as the HTML report, metrics, and the report.
+"""Send the evaluation to MLflow: the same grids and per-pair table as the HTML report, metrics, and the report
+(its text, its images as files, and a single-file copy for the browser preview).
 
 Logs only into a run that exists: the one named by ``run_id`` or the active one. Evaluation never creates runs of its
 own; the registry stage decides which run a model version belongs to.
@@ -11,6 +12,9 @@ from pathlib import Path
 from typing import Any
 
 log = logging.getLogger(__name__)
+
+#: The report with its images inlined: what MLflow's artifact preview (one file in a sandboxed frame) can show.
+SINGLE_FILE_REPORT = "report_single_file.html"
 
 
 def target_run_id(run_id: str | None) -> str | None:
@@ -66,7 +70,32 @@ def log_evaluation(out_dir: Path, *, run_id: str | None, metrics: dict[str, Any]
     # Set after construction: pandas would otherwise try to unpack image objects as sequences.
     table["grid"] = pd.Series(grid_cells, dtype=object, index=table.index)
     client.log_table(rid, data=table, artifact_file="eval/pairs.json")
-    for name in ("report.html", "metrics.json"):
-        if (out_dir / name).is_file():
-            client.log_artifact(rid, str(out_dir / name), artifact_path="eval")
+    if (out_dir / "metrics.json").is_file():
+        client.log_artifact(rid, str(out_dir / "metrics.json"), artifact_path="eval")
+    log_report(client, rid, out_dir, artifact_path="eval")
     return rid
+
+
+def log_report(client, run_id: str, eval_dir: Path, artifact_path: str) -> bool:
+    """Attach report.html, its images and the single-file copy MLflow's preview can show; False when the report is
+    missing or its text looks like it holds a credential (then nothing of it is attached)."""
+    import tempfile
+
+    from spf_lib.eval.report import inline_images
+    from spf_lib.registry.scrub import find_secrets
+
+    page = eval_dir / "report.html"
+    if not page.is_file():
+        return False
+    text = page.read_text(encoding="utf-8", errors="replace")
+    if found := find_secrets(text):
+        log.warning("%s looks like it holds a credential (%s); not attached", page, ", ".join(found))
+        return False
+    client.log_artifact(run_id, str(page), artifact_path=artifact_path)
+    if (eval_dir / "images").is_dir():
+        client.log_artifacts(run_id, str(eval_dir / "images"), artifact_path=f"{artifact_path}/images")
+    with tempfile.TemporaryDirectory(prefix="spf-report-") as tmp:
+        single = Path(tmp) / SINGLE_FILE_REPORT
+        single.write_text(inline_images(text, eval_dir), encoding="utf-8")
+        client.log_artifact(run_id, str(single), artifact_path=artifact_path)
+    return True

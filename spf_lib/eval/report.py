@@ -1,8 +1,12 @@
 """The HTML report: per prompt and seed original | tuned | difference heatmap with its scores, and the summary table.
 
-One self-contained file (images as data URIs by default) because KFP's HTML artifact viewer and MLflow's artifact
-view show a single file in a sandboxed frame where relative links do not resolve. A small script at the end records
-whether every image decoded (``#spf-image-check``), which the headless-browser test reads back.
+``report.html`` is text only: its images are the PNG files under ``images/`` beside it, linked relatively, so it
+opens from the evaluation folder (or a downloaded artifact folder) and a credential scan reads text, not base64
+pixels that look like keys. Two viewers show ONE file in a sandboxed frame where relative links cannot resolve:
+KFP's HTML artifact viewer and MLflow's artifact preview (a blob: iframe). For them ``inline_images`` builds a
+single-file copy AFTER the text was scanned, replacing only links to our own PNG files with data URIs; the copy's
+text is the scanned text. A small script at the end records whether every image decoded (``#spf-image-check``),
+which the headless-browser test reads back.
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from __future__ import annotations
 import base64
 import html
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -81,7 +86,7 @@ def _table(rows: list[tuple[str, Any, str]], cls: str) -> str:
 
 def render_report(out_dir: Path, *, title: str, metrics: dict[str, Any], unavailable: dict[str, str],
                   pollution_detail: dict[str, Any], eval_set: dict[str, Any], items: list[Any],
-                  pairs: dict[str, dict[str, Any]], paths: dict[str, dict[str, str]], embed: bool = True,
+                  pairs: dict[str, dict[str, Any]], paths: dict[str, dict[str, str]], embed: bool = False,
                   context: dict[str, Any] | None = None) -> str:
     """Return the report HTML. ``paths[kind][key]`` is the relative path of original/tuned/diff images."""
     head = (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
@@ -115,6 +120,23 @@ def render_report(out_dir: Path, *, title: str, metrics: dict[str, Any], unavail
     parts.append(f"<script type='application/json' id='spf-metrics'>{html.escape(json.dumps(metrics))}</script>")
     parts.append(CHECK_JS + "</body></html>")
     return "\n".join(parts)
+
+
+_IMG_SRC = re.compile(r"src='([^':]+\.png)'")
+
+
+def inline_images(html_text: str, base_dir: Path) -> str:
+    """A single-file copy of a text-only report: each relative ``src='….png'`` under ``base_dir`` becomes a data URI
+    (links that leave ``base_dir`` or name no file stay as they are, and then show as missing)."""
+    root = base_dir.resolve()
+
+    def sub(m: re.Match) -> str:
+        path = (root / html.unescape(m.group(1))).resolve()
+        if not path.is_file() or root not in path.parents:
+            return m.group(0)
+        return "src='data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii") + "'"
+
+    return _IMG_SRC.sub(sub, html_text)
 
 
 def pair_grid(original: Any, tuned: Any, diff: Any, gap: int = 4) -> Any:

@@ -4,7 +4,7 @@ Output folder (written atomically; a failed run leaves any previous result untou
 
     metrics.json        flat {name: float | None} + "unavailable" {name: reason} + "pollution_detail" + "eval_set"
     pairs.json          per prompt/seed scores
-    report.html         self-contained report (original | tuned | diff, scores, summary)
+    report.html         the report (original | tuned | diff, scores, summary); text, linking the PNGs below
     images/original/<kind>_<idx>_s<seed>.png, images/tuned/..., images/diff/...
     eval_config.json    the resolved config
 """

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 
 from spf_lib.errors import SpfError
 from spf_lib.registry.lineage_keys import KEYS
-from spf_lib.registry.metrics import Metrics
+from spf_lib.registry.metrics import version_metrics
 from spf_lib.registry.session import RetryPolicy, mlflow_session, redact_uri, with_retries
 from spf_lib.settings import Settings
 
@@ -42,7 +42,7 @@ def _lineage_once(uri: str, name: str, alias: str | None, version: str | None) -
             raise SpfError(f"{uri}: not found in the registry ({str(e).splitlines()[0][:160]})") from e
         raise
     tags = dict(mv.tags)
-    metrics = Metrics.from_tags(tags)
+    metrics = version_metrics(client, mv)
     run_info: dict = {"run_id": mv.run_id}
     if mv.run_id:
         try:

@@ -13,6 +13,7 @@ from spf_lib.errors import SpfError
 
 TAG_PREFIX = "metric."
 UNAVAILABLE_PREFIX = "unavailable: "
+EVAL_PREFIX = "eval/"
 
 
 @dataclass(frozen=True)
@@ -26,6 +27,10 @@ class Metrics:
             if self.values.get(k) is None:
                 tags[f"{TAG_PREFIX}{k}"] = UNAVAILABLE_PREFIX + self.unavailable.get(k, "no value")[:500]
         return tags
+
+    def subset(self, names: set[str]) -> Metrics:
+        return Metrics({k: v for k, v in self.values.items() if k in names},
+                       {k: v for k, v in self.unavailable.items() if k in names})
 
     @classmethod
     def from_tags(cls, tags: dict[str, str]) -> Metrics:
@@ -45,6 +50,29 @@ class Metrics:
                 values[name] = None
                 unavailable[name] = f"tag value {v!r} is not a number"
         return cls(values, unavailable)
+
+
+def version_metrics(client, mv) -> Metrics:
+    """A model version's metrics: its ``metric.*`` tags, completed by its run's metrics for every other name.
+
+    Versions carry as tags only what the default gate and the card need; a rule on any other metric reads it
+    from the run the version links to (the evaluation or the registration logged every number there).
+    """
+    tagged = Metrics.from_tags(dict(mv.tags))
+    run_id = getattr(mv, "run_id", None)
+    if not run_id:
+        return tagged
+    try:
+        run_metrics = client.get_run(run_id).data.metrics
+    except Exception:  # a deleted run: the tags are what is left
+        return tagged
+    known = set(tagged.values) | set(tagged.unavailable)
+    extra: dict[str, float | None] = {}
+    for k, v in run_metrics.items():  # the evaluation logs "eval/<name>"; a registration alone logs "<name>"
+        name = k.removeprefix(EVAL_PREFIX)
+        if "/" not in name and name not in known:
+            extra[name] = float(v)
+    return Metrics({**extra, **tagged.values}, dict(tagged.unavailable))
 
 
 def _numeric_text(text: str) -> bool:

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 
 from spf_lib.errors import SpfError
 from spf_lib.registry.gate import CHALLENGER, CHAMPION, PREVIOUS, Check, GateRules, evaluate_gate
-from spf_lib.registry.metrics import Metrics
+from spf_lib.registry.metrics import version_metrics
 from spf_lib.registry.session import RetryPolicy, mlflow_session, redact_uri, with_retries
 from spf_lib.settings import Settings
 
@@ -320,7 +320,7 @@ def _promote_once(client, name: str, rules: GateRules, token: str) -> PromotionR
         return PromotionResult(name, cv, pv, pv, True, [], f"{name}: version {cv} is already champion")
     _check_champion_exists(name, champ, history)
     checks = _adapter_checks(chal.tags, cv)
-    verdict = evaluate_gate(rules, Metrics.from_tags(chal.tags), Metrics.from_tags(champ.tags) if champ else None)
+    verdict = evaluate_gate(rules, version_metrics(client, chal), version_metrics(client, champ) if champ else None)
     checks = checks + verdict.checks
     failed = [c for c in checks if not c.passed]
     if failed:

@@ -24,11 +24,12 @@ from spf_lib.errors import SpfError
 from spf_lib.io import sha256_json, sha256_tree
 from spf_lib.registry import lineage_keys as lk
 from spf_lib.registry.gate import CHALLENGER
-from spf_lib.registry.metrics import Metrics, eval_set_lineage, parse_metrics
+from spf_lib.registry.metrics import EVAL_PREFIX, Metrics, eval_set_lineage, parse_metrics
 from spf_lib.registry.scrub import looks_secret, scrub
 from spf_lib.registry.session import (
     RetryPolicy,
     active_experiment,
+    end_pipeline_run,
     mlflow_session,
     redact_uri,
     resolve_experiment_id,
@@ -71,8 +72,14 @@ def register_model(
     settings: Settings | None = None,
     retry: RetryPolicy | None = None,
     idempotency_key: str | None = None,
+    gate_metrics: tuple[str, ...] | list[str] = (),
 ) -> RegisteredVersion:
-    """Log ``adapter_dir`` (on ``base_model``) with lineage + metrics, register it and give it ``challenger``."""
+    """Log ``adapter_dir`` (on ``base_model``) with lineage + metrics, register it and give it ``challenger``.
+
+    The version's tags are the lineage plus ``metric.<name>`` for what a promotion gate reads (the default rules',
+    ``gate_metrics`` and the card's headline metrics); every metric is a metric of the linked run, where the gate
+    finds any other one (``metrics.version_metrics``).
+    """
     from spf_lib.methods import read_adapter_info
 
     t0 = time.perf_counter()
@@ -107,7 +114,7 @@ def register_model(
         rv = with_retries(
             f"register {name}",
             lambda: _register_once(adapter_dir, info, base_ref, parsed, tags, name, eval_dir, run_id, s,
-                                   key=key, extra_tags=extra_tags),
+                                   key=key, extra_tags=extra_tags, gate_metrics=tuple(gate_metrics)),
             target=target, policy=retry,
         )
     rv = RegisteredVersion(rv.name, rv.version, rv.run_id, rv.aliases, rv.created, time.perf_counter() - t0)
@@ -117,7 +124,7 @@ def register_model(
 
 def _register_once(adapter_dir: Path, info: dict, base_ref: str, metrics: Metrics, tags: dict[str, str],
                    name: str, eval_dir: Path | None, run_id: str | None, settings: Settings, *, key: str,
-                   extra_tags: dict[str, str]) -> RegisteredVersion:
+                   extra_tags: dict[str, str], gate_metrics: tuple[str, ...] = ()) -> RegisteredVersion:
     import mlflow
 
     client = mlflow.MlflowClient()
@@ -135,24 +142,58 @@ def _register_once(adapter_dir: Path, info: dict, base_ref: str, metrics: Metric
     exp_id = resolve_experiment_id(settings)
     run_id, owned = _open_run(client, exp_id, run_id, kfp_run_id, key)
     try:
-        version_tags = {**tags, **metrics.as_tags(), **extra_tags, "spf.adapter_format": str(info.get("format", "")),
-                        "spf.run_id": run_id}
+        version_tags = {**tags, **metrics.subset(tagged_metrics(gate_metrics)).as_tags(), **extra_tags,
+                        "spf.adapter_format": str(info.get("format", "")), "spf.run_id": run_id}
         _log_run_data(client, run_id, tags, metrics, info)
         from spf_lib.registry.card import log_model_card
 
-        log_model_card(client, run_id, name=name, tags=tags, metrics=metrics, eval_dir=eval_dir)
+        description = log_model_card(client, run_id, name=name, tags=tags, metrics=metrics, eval_dir=eval_dir)
         with active_experiment(client.get_run(run_id).info.experiment_id):  # an injected run may live elsewhere
-            model_uri = _log_adapter_model(adapter_dir, info, base_ref, run_id)
+            model_uri = _log_adapter_model(adapter_dir, info, base_ref, run_id, logged_model_name(tags))
         mv = mlflow.register_model(model_uri, name, tags=version_tags, await_registration_for=60)
+        client.update_model_version(name, mv.version, description=description)
         client.set_registered_model_alias(name, CHALLENGER, mv.version)
     except BaseException:
         if owned:  # best effort: the retry reuses (and finishes) this run; if the server is gone it will
             with contextlib.suppress(Exception):
                 client.set_terminated(run_id, "FAILED")
         raise
-    if owned:
+    branch = _pipeline_branch(client, run_id)
+    if branch is not None:  # the pipeline's run for this method: registering is its last step
+        end_pipeline_run(branch)
+    elif owned:
         client.set_terminated(run_id, "FINISHED")
     return RegisteredVersion(name, str(mv.version), run_id, (CHALLENGER,))
+
+
+def tagged_metrics(gate_metrics: tuple[str, ...] = ()) -> set[str]:
+    """Metric names kept as version tags: what the default gate and ``gate_metrics`` read, and the headline."""
+    from spf_lib.registry.card import HEADLINE
+    from spf_lib.registry.gate import default_rules
+
+    return {r.metric for r in default_rules()} | set(gate_metrics) | set(HEADLINE)
+
+
+def logged_model_name(tags: dict[str, str]) -> str:
+    """``<method>-data-<rev[:8]>``: what the LoggedModel is, readable in MLflow's model list (no / : . % quotes)."""
+    import re
+
+    method = re.sub(r"[^A-Za-z0-9_-]+", "-", tags.get("method", "adapter")) or "adapter"
+    rev = tags.get("data_rev", lk.UNKNOWN)
+    rev = re.sub(r"[^A-Za-z0-9_-]+", "-", rev)[:8] if lk.is_real(rev) else ""
+    return f"{method}-data-{rev}" if rev else f"{method}-adapter"
+
+
+def _pipeline_branch(client, run_id: str):
+    """The ``PipelineRun`` of ``run_id`` when it is a branch of a pipeline run (``session.pipeline_run``)."""
+    from spf_lib.registry.session import BRANCH_TAG, PARENT_TAG, PIPELINE_BRANCH, PipelineRun
+
+    run = client.get_run(run_id)
+    t = run.data.tags
+    if t.get(BRANCH_TAG) in (None, PIPELINE_BRANCH) or PARENT_TAG not in t:
+        return None
+    return PipelineRun(run_id, run.info.experiment_id, t.get("kfp_run_id", ""), t[BRANCH_TAG], t[PARENT_TAG],
+                       client)
 
 
 KEY_TAG = "spf.registration_key"
@@ -240,25 +281,27 @@ def _open_run(client, exp_id: str, run_id: str | None, kfp_run_id: str, key: str
 def _log_run_data(client, run_id: str, tags: dict[str, str], metrics: Metrics, info: dict) -> None:
     from mlflow.entities import Metric, Param, RunTag
 
-    existing = client.get_run(run_id).data.params
+    run = client.get_run(run_id)
+    existing = run.data.params
     params = {"adapter_format": str(info.get("format", "")), "method": tags["method"],
               "base_model": tags["base_model"], "config_hash": tags["config_hash"]}
     params, _ = scrub(params)
     now = int(time.time() * 1000)
     client.log_batch(
         run_id,
-        metrics=[Metric(k, v, now, 0) for k, v in metrics.values.items() if v is not None],
+        metrics=[Metric(k, v, now, 0) for k, v in metrics.values.items()
+                 if v is not None and f"{EVAL_PREFIX}{k}" not in run.data.metrics],  # the evaluation's are there
         params=[Param(k, v) for k, v in params.items() if k not in existing],
         tags=[RunTag(k, v) for k, v in tags.items()],
     )
 
 
-def _log_adapter_model(adapter_dir: Path, info: dict, base_ref: str, run_id: str) -> str:
+def _log_adapter_model(adapter_dir: Path, info: dict, base_ref: str, run_id: str, name: str = MODEL_ARTIFACT) -> str:
     from spf_lib.registry import flavors
 
     if info.get("format") == "lora":
-        return flavors.log_lora(adapter_dir, base_ref, run_id, MODEL_ARTIFACT)
-    return flavors.log_identity(adapter_dir, base_ref, run_id, MODEL_ARTIFACT)
+        return flavors.log_lora(adapter_dir, base_ref, run_id, name)
+    return flavors.log_identity(adapter_dir, base_ref, run_id, name)
 
 
 def _base_reference(base_model: str) -> str:

@@ -330,3 +330,20 @@ def end_pipeline_run(run: PipelineRun, status: str = "FINISHED") -> None:
 
 def _q(text: str) -> str:
     return text.replace("'", "\\'")
+
+
+def end_branch_run(run_id: str, status: str = "FAILED", settings: Settings | None = None) -> None:
+    """Mark a pipeline branch run ended (and its parent after the last branch). Other runs are left alone, and so
+    is a lost server: a failure being reported must not be masked by a second one."""
+    try:
+        with mlflow_session(settings):
+            import mlflow
+
+            client = mlflow.MlflowClient()
+            run = client.get_run(run_id)
+            t = run.data.tags
+            if t.get(BRANCH_TAG) not in (None, PIPELINE_BRANCH) and PARENT_TAG in t:
+                end_pipeline_run(PipelineRun(run_id, run.info.experiment_id, t.get(KFP_RUN_TAG, ""), t[BRANCH_TAG],
+                                             t[PARENT_TAG], client), status)
+    except Exception as e:  # noqa: BLE001
+        log.warning("could not mark MLflow run %s %s: %s", run_id, status, str(e).splitlines()[0][:200])

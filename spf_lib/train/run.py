@@ -186,7 +186,8 @@ class Trainer:
             return None
         from spf_lib.train.validation import render_grid
 
-        path = render_grid(self.ctx, self.method, Path(self.cfg.output_dir) / "samples" / f"step-{self.step:06d}.png")
+        path = render_grid(self.ctx, self.method, Path(self.cfg.output_dir) / "samples" / f"step-{self.step:06d}.png",
+                           step=self.step)
         tracker.log_image(path, key="validation_grid", step=self.step)
         return path
 

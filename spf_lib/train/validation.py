@@ -15,10 +15,11 @@ from spf_lib.io import atomic_path
 log = logging.getLogger(__name__)
 
 
-def render_grid(ctx, method, out_path: Path) -> Path:
-    """Rows = (prompt, seed); columns = original | tuned. Returns the PNG path."""
+def render_grid(ctx, method, out_path: Path, step: int | None = None) -> Path:
+    """Rows = (prompt, seed); columns = original | tuned, labelled. Returns the PNG path."""
     import torch
-    from PIL import Image, ImageDraw
+
+    from spf_lib.eval.grid import labelled_grid
 
     v = ctx.cfg.validation
     res = ctx.cfg.resolution
@@ -43,14 +44,10 @@ def render_grid(ctx, method, out_path: Path) -> Path:
         method.set_enabled(ctx, True)
         ctx.unet.train(was_training)
         torch.set_rng_state(cpu_state)
-    label_h = 14
-    grid = Image.new("RGB", (2 * res, len(rows) * (res + label_h)), "white")
-    draw = ImageDraw.Draw(grid)
-    for r, (prompt, seed, pair) in enumerate(rows):
-        y = r * (res + label_h)
-        draw.text((2, y), f"{prompt[:2 * res // 7]} | seed {seed} | original / tuned", fill="black")
-        for c, img in enumerate(pair):
-            grid.paste(img.convert("RGB").resize((res, res)), (c * res, y + label_h))
+    tuned = "tuned" if step is None else f"tuned, step {step}"
+    grid = labelled_grid([(f"{prompt}\nseed {seed}", pair) for prompt, seed, pair in rows], ["original", tuned],
+                         min_tile=max(128, res), title=f"validation: {ctx.cfg.method}"
+                         + ("" if step is None else f" at step {step}"))
     with atomic_path(out_path) as tmp:
         grid.save(tmp, format="PNG")
     return out_path
