@@ -47,8 +47,13 @@ def is_secret_key(key: str) -> bool:
 
 def find_secrets(text: str) -> list[str]:
     """Kinds of credential found in ``text`` (a document: scanned line by line), empty when none."""
-    from detect_secrets.core.scan import scan_line
-    from detect_secrets.settings import transient_settings
+    try:
+        from detect_secrets.core.scan import scan_line
+        from detect_secrets.settings import transient_settings
+    except ImportError as e:  # an environment set up before it became a dependency
+        from spf_lib.errors import SpfError
+
+        raise SpfError("detect-secrets is not installed (a dependency since issue 14): run `make setup`") from e
 
     found: list[str] = [name for name, pattern in _EXTRA_PATTERNS if pattern.search(text)]
     with transient_settings({"plugins_used": [{"name": n} for n in _DETECT_SECRETS_PLUGINS],
