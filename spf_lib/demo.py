@@ -49,18 +49,24 @@ def model_resolution(model_dir: str | Path) -> int:
     return 512
 
 
-def ensure_base_model(root: Path, base_model: str | None) -> str:
-    """The user's model if given; else the committed small-world model; else a tiny random one built here."""
-    if base_model:
-        return base_model
-    if (WORLD_BASE / "model_index.json").is_file():
-        return str(WORLD_BASE)
-    from spf_lib.models.factory import save_tiny_pipeline
+# ``--base-model`` names that build a tiny random model of that architecture here instead of naming a model
+TINY_BASES = {"tiny-sd": "sd", "tiny-sdxl": "sdxl"}
 
-    target = root / "models" / "tiny-sd"
+
+def ensure_base_model(root: Path, base_model: str | None) -> str:
+    """The user's model if given (``tiny-sd`` / ``tiny-sdxl``: a tiny random one of that architecture, built here);
+    else the committed small-world model; else a tiny random SD one built here."""
+    if base_model and (base_model not in TINY_BASES or Path(base_model).exists()):
+        return base_model
+    if not base_model and (WORLD_BASE / "model_index.json").is_file():
+        return str(WORLD_BASE)
+    from spf_lib.models.factory import TinySDConfig, save_tiny_pipeline
+
+    name = base_model or "tiny-sd"
+    target = root / "models" / name
     if not (target / "model_index.json").is_file():
-        log.info("building a tiny Stable-Diffusion-architecture model at %s", target)
-        save_tiny_pipeline(target)
+        log.info("building a tiny %s-architecture model at %s", TINY_BASES[name], target)
+        save_tiny_pipeline(target, TinySDConfig(arch=TINY_BASES[name]))
     return str(target)
 
 

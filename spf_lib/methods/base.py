@@ -26,8 +26,8 @@ class TrainContext:
     """Everything a method may use. Models are already on ``device``; frozen weights in ``weight_dtype``."""
 
     cfg: TrainConfig
-    pipe: Any                      # StableDiffusionPipeline (one copy of the weights; validation reuses it)
-    unet: Any
+    pipe: Any                      # SD / SDXL pipeline (one copy of the weights; validation reuses it)
+    unet: Any                      # the denoiser (a UNet; SD3's transformer)
     vae: Any
     text_encoder: Any
     tokenizer: Any
@@ -37,6 +37,13 @@ class TrainContext:
     weight_dtype: Any
     generator: Any                 # torch.Generator for noise/timesteps; its state is checkpointed
     extras: dict[str, Any] = field(default_factory=dict)
+    backbone: Any = None           # spf_lib.models.backbone: what differs per architecture; None = from ``pipe``
+
+    def __post_init__(self) -> None:
+        if self.backbone is None and self.pipe is not None:
+            from spf_lib.models.backbone import backbone_for
+
+            self.backbone = backbone_for(self.pipe)
 
     # -- helpers every method needs, so none re-implements them differently -------------------------------------
     def tokenize(self, texts: list[str]):
@@ -49,6 +56,15 @@ class TrainContext:
 
         with torch.no_grad():
             return self.text_encoder(self.tokenize(texts))[0]
+
+    def condition(self, texts: list[str]):
+        """The denoiser's text conditioning for ``texts`` (a ``Conditioning``; frozen, no gradient). Methods that
+        use this and ``denoise`` run on every architecture the backbone knows; ``encode_text`` is SD 1.x only."""
+        return self.backbone.encode(list(texts), device=self.device, resolution=self.cfg.resolution)
+
+    def denoise(self, noisy, t, cond):
+        """The denoiser's prediction for (z_t, t, conditioning), with whatever it is currently switched to."""
+        return self.backbone.denoise(noisy, t, cond)
 
     def encode_images(self, pixel_values):
         """Pixels in [-1, 1] → scaled VAE latents (sampled with ``generator`` so runs are reproducible)."""

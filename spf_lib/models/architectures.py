@@ -41,6 +41,29 @@ SD_SCHEDULER: dict[str, Any] = {  # the published PNDM config's betas, as DDIM f
 }
 
 
+# stabilityai/stable-diffusion-xl-base-1.0: unet, vae, text_encoder (CLIP-L, as above), text_encoder_2 (OpenCLIP bigG)
+SDXL_UNET: dict[str, Any] = {
+    "sample_size": 128, "in_channels": 4, "out_channels": 4, "layers_per_block": 2,
+    "block_out_channels": (320, 640, 1280), "attention_head_dim": (5, 10, 20), "cross_attention_dim": 2048,
+    "transformer_layers_per_block": (1, 2, 10), "use_linear_projection": True,
+    "down_block_types": ("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+    "up_block_types": ("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+    "addition_embed_type": "text_time", "addition_embed_type_num_heads": 64, "addition_time_embed_dim": 256,
+    "projection_class_embeddings_input_dim": 2816, "downsample_padding": 1, "flip_sin_to_cos": True, "freq_shift": 0,
+    "norm_eps": 1e-5, "norm_num_groups": 32, "act_fn": "silu",
+}
+SDXL_VAE: dict[str, Any] = {**SD_VAE, "sample_size": 1024, "scaling_factor": 0.13025, "force_upcast": True}
+CLIP_G_TEXT: dict[str, Any] = {
+    "vocab_size": CLIP_VOCAB, "hidden_size": 1280, "intermediate_size": 5120, "num_hidden_layers": 32,
+    "num_attention_heads": 20, "max_position_embeddings": 77, "hidden_act": "gelu", "projection_dim": 1280,
+    "layer_norm_eps": 1e-5,
+}
+SDXL_SCHEDULER: dict[str, Any] = {
+    "num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear",
+    "steps_offset": 1, "timestep_spacing": "leading", "prediction_type": "epsilon",
+}
+
+
 def _clip_text(cls, spec: dict[str, Any], tokenizer):
     from transformers import CLIPTextConfig
 
@@ -66,9 +89,54 @@ def build_sd15_pipeline(seed: int = 0):
                                    feature_extractor=None, requires_safety_checker=False)
 
 
+def sdxl_configs(width_divisor: int = 1) -> tuple[dict, dict, dict]:
+    """(unet, clip-l, clip-g) configs of SDXL; ``width_divisor`` > 1 shrinks every width by that factor and keeps
+    everything else (3 levels, 1/2/10 transformer layers = 70 cross-attention layers, 5/10/20 heads, 12/32 text
+    layers, text_time conditioning): the layout at a size a 2-core CI machine can step (divisor 4: ~1/16 params)."""
+    d = width_divisor
+    if d == 1:
+        return dict(SDXL_UNET), dict(CLIP_L_TEXT), dict(CLIP_G_TEXT)
+    if d not in (2, 4, 8):
+        raise SpfError(f"width_divisor={d}: expected 1, 2, 4 or 8")
+    te1 = {**CLIP_L_TEXT, "hidden_size": 768 // d, "intermediate_size": 3072 // d, "projection_dim": 768 // d}
+    te2 = {**CLIP_G_TEXT, "hidden_size": 1280 // d, "intermediate_size": 5120 // d, "projection_dim": 1280 // d}
+    unet = {**SDXL_UNET, "block_out_channels": tuple(c // d for c in SDXL_UNET["block_out_channels"]),
+            "cross_attention_dim": te1["hidden_size"] + te2["hidden_size"],
+            "addition_time_embed_dim": 256 // d, "norm_num_groups": 32 // d,
+            "projection_class_embeddings_input_dim": 6 * (256 // d) + te2["projection_dim"]}
+    return unet, te1, te2
+
+
+def build_sdxl_pipeline(seed: int = 0, width_divisor: int = 1, dtype=None):
+    """SDXL base 1.0 (UNet 2.57B, CLIP-L 123M, CLIP-G 695M, VAE 84M parameters) with random weights; ``dtype``
+    (e.g. torch.bfloat16) builds directly in that precision (fp32 SDXL is ~14 GB)."""
+    import torch
+    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
+    from spf_lib.models.tokenizer import build_tokenizer
+
+    unet_cfg, te1_cfg, te2_cfg = sdxl_configs(width_divisor)
+    tok, tok2 = build_tokenizer(), build_tokenizer()
+    tok2.pad_token = "!"  # SDXL's second tokenizer pads with "!" (id 0 in the published vocabulary)
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype or torch.float32)
+    try:
+        torch.manual_seed(seed)
+        unet = UNet2DConditionModel(**unet_cfg)
+        vae = AutoencoderKL(**SDXL_VAE)
+        te1 = _clip_text(CLIPTextModel, te1_cfg, tok)
+        te2 = _clip_text(CLIPTextModelWithProjection, te2_cfg, tok2)
+    finally:
+        torch.set_default_dtype(previous)
+    return StableDiffusionXLPipeline(vae=vae, text_encoder=te1, text_encoder_2=te2, tokenizer=tok, tokenizer_2=tok2,
+                                     unet=unet, scheduler=EulerDiscreteScheduler(**SDXL_SCHEDULER),
+                                     add_watermarker=False)
+
+
 def build_architecture(arch: str, seed: int = 0):
     """The pipeline of ``arch`` (one of ARCHITECTURES) at its published size, random weights."""
-    builders = {"sd15": build_sd15_pipeline}
+    builders = {"sd15": build_sd15_pipeline, "sdxl": build_sdxl_pipeline}
     if arch not in ARCHITECTURES:
         raise SpfError(f"model={arch!r}: expected one of {', '.join(ARCHITECTURES)}")
     if arch not in builders:

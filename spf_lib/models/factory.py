@@ -28,15 +28,20 @@ class TinySDConfig:
     text_layers: int = 2
     text_heads: int = 4
     max_text_length: int = 77
+    # "sd": StableDiffusionPipeline; "sdxl": StableDiffusionXLPipeline (two text encoders of width text_hidden,
+    # so the UNet's cross_attention_dim is 2 x text_hidden; text_time added conditioning)
+    arch: str = "sd"
 
     def __post_init__(self) -> None:
+        if self.arch not in ("sd", "sdxl"):
+            raise SpfError(f"TinySDConfig.arch={self.arch!r}: expected 'sd' or 'sdxl'")
         factor = 2 ** (len(self.vae_channels) - 1)
         if self.resolution % (factor * 2 ** (len(self.unet_channels) - 1)) != 0:
             raise SpfError(
                 f"TinySDConfig.resolution={self.resolution} must be divisible by the VAE factor {factor} times "
                 f"the UNet downsampling {2 ** (len(self.unet_channels) - 1)}"
             )
-        if self.cross_attention_dim != self.text_hidden:
+        if self.arch == "sd" and self.cross_attention_dim != self.text_hidden:
             raise SpfError(
                 f"TinySDConfig.cross_attention_dim={self.cross_attention_dim} must equal text_hidden={self.text_hidden}"
             )
@@ -47,7 +52,7 @@ class TinySDConfig:
 
 
 def build_tiny_components(cfg: TinySDConfig | None = None, seed: int = 0) -> dict:
-    """Return the components dict of a StableDiffusionPipeline with random (seeded) weights."""
+    """Return the components dict of a StableDiffusion(XL)Pipeline with random (seeded) weights."""
     import torch
     from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
@@ -56,6 +61,11 @@ def build_tiny_components(cfg: TinySDConfig | None = None, seed: int = 0) -> dic
 
     cfg = cfg or TinySDConfig()
     n = len(cfg.unet_channels)
+    xl = cfg.arch == "sdxl"
+    # SDXL's layout in small: text_time conditioning, linear projections, 2 transformer layers in the last level
+    unet_xl = {"addition_embed_type": "text_time", "addition_time_embed_dim": 8, "use_linear_projection": True,
+               "projection_class_embeddings_input_dim": 6 * 8 + cfg.text_hidden,
+               "transformer_layers_per_block": (1,) * (n - 1) + (2,)} if xl else {}
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(
         sample_size=cfg.latent_size,
@@ -65,9 +75,10 @@ def build_tiny_components(cfg: TinySDConfig | None = None, seed: int = 0) -> dic
         layers_per_block=cfg.layers_per_block,
         down_block_types=("DownBlock2D",) + ("CrossAttnDownBlock2D",) * (n - 1),
         up_block_types=("CrossAttnUpBlock2D",) * (n - 1) + ("UpBlock2D",),
-        cross_attention_dim=cfg.cross_attention_dim,
+        cross_attention_dim=2 * cfg.text_hidden if xl else cfg.cross_attention_dim,
         attention_head_dim=cfg.attention_head_dim,
         norm_num_groups=min(32, min(cfg.unet_channels)),
+        **unet_xl,
     )
     torch.manual_seed(seed + 1)
     m = len(cfg.vae_channels)
@@ -80,22 +91,28 @@ def build_tiny_components(cfg: TinySDConfig | None = None, seed: int = 0) -> dic
         latent_channels=cfg.latent_channels,
         norm_num_groups=min(32, min(cfg.vae_channels)),
         sample_size=cfg.resolution,
+        scaling_factor=0.13025 if xl else 0.18215,
     )
     tokenizer = build_tokenizer(cfg.max_text_length)
+
+    def text_config(**kw):
+        return CLIPTextConfig(
+            vocab_size=len(tokenizer), hidden_size=cfg.text_hidden, intermediate_size=cfg.text_hidden * 4,
+            num_hidden_layers=cfg.text_layers, num_attention_heads=cfg.text_heads,
+            max_position_embeddings=cfg.max_text_length, bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, **kw)
+
     torch.manual_seed(seed + 2)
-    text_encoder = CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=len(tokenizer),
-            hidden_size=cfg.text_hidden,
-            intermediate_size=cfg.text_hidden * 4,
-            num_hidden_layers=cfg.text_layers,
-            num_attention_heads=cfg.text_heads,
-            max_position_embeddings=cfg.max_text_length,
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-        )
-    )
+    text_encoder = CLIPTextModel(text_config())
+    extra = {"safety_checker": None, "feature_extractor": None, "image_encoder": None}
+    if xl:
+        from transformers import CLIPTextModelWithProjection
+
+        torch.manual_seed(seed + 3)
+        tokenizer_2 = build_tokenizer(cfg.max_text_length)
+        tokenizer_2.pad_token = "!"  # as SDXL's second tokenizer
+        extra = {"text_encoder_2": CLIPTextModelWithProjection(text_config(projection_dim=cfg.text_hidden)),
+                 "tokenizer_2": tokenizer_2, "feature_extractor": None, "image_encoder": None}
     # DDIM for few-step deterministic sampling; training derives DDPM from the same config.
     scheduler = DDIMScheduler(
         num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
@@ -107,13 +124,17 @@ def build_tiny_components(cfg: TinySDConfig | None = None, seed: int = 0) -> dic
         "text_encoder": text_encoder,
         "tokenizer": tokenizer,
         "scheduler": scheduler,
-        "safety_checker": None,
-        "feature_extractor": None,
-        "image_encoder": None,
+        **extra,
     }
 
 
 def build_tiny_pipeline(cfg: TinySDConfig | None = None, seed: int = 0):
+    """StableDiffusionPipeline, or StableDiffusionXLPipeline for ``cfg.arch == 'sdxl'``."""
+    cfg = cfg or TinySDConfig()
+    if cfg.arch == "sdxl":
+        from diffusers import StableDiffusionXLPipeline
+
+        return StableDiffusionXLPipeline(**build_tiny_components(cfg, seed), add_watermarker=False)
     from diffusers import StableDiffusionPipeline
 
     return StableDiffusionPipeline(**build_tiny_components(cfg, seed), requires_safety_checker=False)

@@ -1,6 +1,6 @@
 """Load a base text-to-image model from a local folder, a model-hub id or an s3:// prefix.
 
-The same function serves the demo's tiny model and SD 1.5 in production: only the reference changes.
+The same function serves the demo's tiny model and SD 1.5 / SDXL / SD3 in production: only the reference changes.
 """
 
 from __future__ import annotations
@@ -79,10 +79,40 @@ def download_s3_prefix(uri: str, cache_dir: str | Path | None = None) -> Path:
     return root
 
 
+# The pipelines training and evaluation know (spf_lib.models.backbone); anything else is refused by name up front.
+PIPELINE_CLASSES = ("StableDiffusionPipeline", "StableDiffusionXLPipeline", "StableDiffusion3Pipeline")
+
+
+def pipeline_class(path: str, ref: str, local: bool) -> str:
+    """The pipeline class a model declares in its model_index.json (read before loading any weights)."""
+    import json
+
+    if local:
+        index = Path(path) / "model_index.json"
+        if not index.is_file():
+            raise SpfError(f"base model {ref}: no model_index.json; not a diffusers pipeline folder")
+        try:
+            name = json.loads(index.read_text(encoding="utf-8")).get("_class_name")
+        except (ValueError, AttributeError) as e:
+            raise SpfError(f"base model {ref}: model_index.json is not a JSON object ({e})") from None
+    else:
+        from diffusers import DiffusionPipeline
+
+        try:
+            name = DiffusionPipeline.load_config(path, local_files_only=_offline()).get("_class_name")
+        except OSError as e:
+            raise SpfError(f"base model {ref}: cannot load ({str(e).splitlines()[0]})") from e
+    if name not in PIPELINE_CLASSES:
+        raise SpfError(f"base model {ref}: model_index.json _class_name={name!r}; expected one of "
+                       f"{', '.join(PIPELINE_CLASSES)}")
+    return name
+
+
 def load_pipeline(ref: str, *, dtype: str = "float32", device: str = "cpu", cache_dir: str | Path | None = None):
-    """Return a StableDiffusionPipeline (safetensors only; no pickle) with the safety checker off."""
+    """Return the SD 1.x/2.x, SDXL or SD3 pipeline ``ref`` declares (safetensors only; no pickle); SD's safety
+    checker off."""
+    import diffusers
     import torch
-    from diffusers import StableDiffusionPipeline
 
     path = resolve_model_ref(ref, cache_dir)
     torch_dtype = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
@@ -90,10 +120,11 @@ def load_pipeline(ref: str, *, dtype: str = "float32", device: str = "cpu", cach
     if torch_dtype is None:
         raise SpfError(f"dtype={dtype!r}: expected one of float32, float16, bfloat16")
     local = Path(path).exists()
+    name = pipeline_class(path, ref, local)
+    extra = {"safety_checker": None, "requires_safety_checker": False} if name == "StableDiffusionPipeline" else {}
     try:
-        pipe = StableDiffusionPipeline.from_pretrained(
-            path, dtype=torch_dtype, use_safetensors=True, local_files_only=local or _offline(),
-            safety_checker=None, requires_safety_checker=False,
+        pipe = getattr(diffusers, name).from_pretrained(
+            path, dtype=torch_dtype, use_safetensors=True, local_files_only=local or _offline(), **extra,
         )
     except OSError as e:
         raise SpfError(f"base model {ref}: cannot load ({str(e).splitlines()[0]})") from e

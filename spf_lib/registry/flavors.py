@@ -33,12 +33,13 @@ def pinned(packages: tuple[str, ...] | list[str]) -> list[str]:
 
 
 def native_resolution(base_ref: str, default: int = 512) -> int:
-    """Image size the base model was built for: UNet sample_size x VAE downscale, from a local folder's configs."""
+    """Image size the base model was built for: UNet/transformer sample_size x VAE downscale (local folder configs)."""
     root = Path(base_ref)
     try:
-        unet = json.loads((root / "unet" / "config.json").read_text())
         vae = json.loads((root / "vae" / "config.json").read_text())
-        return int(unet["sample_size"]) * 2 ** (len(vae["block_out_channels"]) - 1)
+        denoiser = root / "unet" if (root / "unet").is_dir() else root / "transformer"  # SD/SDXL, SD3
+        return int(json.loads((denoiser / "config.json").read_text())["sample_size"]) * \
+            2 ** (len(vae["block_out_channels"]) - 1)
     except (OSError, KeyError, ValueError, TypeError):
         return default
 

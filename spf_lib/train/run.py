@@ -19,6 +19,8 @@ from spf_lib.train.config import TrainConfig
 
 log = logging.getLogger(__name__)
 DTYPES = {"no": "float32", "bf16": "bfloat16", "fp16": "float16"}
+# methods written against TrainContext.condition/denoise (every architecture); the others call the SD UNet directly
+ARCH_NEUTRAL_METHODS = ("lora", "spf")
 
 
 @dataclass
@@ -46,12 +48,13 @@ class Trainer:
     use ``Trainer`` directly to step and inspect the model."""
 
     def __init__(self, cfg: TrainConfig, pipe: Any = None) -> None:
-        """``pipe``: an already built StableDiffusionPipeline (benchmarks on a random-init SD 1.5 architecture);
-        default: ``load_pipeline(cfg.base_model)``."""
+        """``pipe``: an already built SD / SDXL pipeline (benchmarks and tests on a random-init published
+        architecture); default: ``load_pipeline(cfg.base_model)``."""
         import torch
         from diffusers import DDPMScheduler
 
         from spf_lib.methods.base import TrainContext, get_method
+        from spf_lib.models.backbone import backbone_for
         from spf_lib.models.loading import load_pipeline
         from spf_lib.settings import quiet_third_parties
         from spf_lib.train.data import BatchSource, read_manifest
@@ -68,24 +71,30 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         pipe = load_pipeline(cfg.base_model, dtype="float32", device=device) if pipe is None else pipe.to(device)
         weight_dtype = getattr(torch, DTYPES[cfg.mixed_precision])
-        for m in (pipe.unet, pipe.vae, pipe.text_encoder):
+        backbone = backbone_for(pipe)
+        if backbone.kind != "sd" and cfg.method not in ARCH_NEUTRAL_METHODS:
+            raise SpfError(f"method={cfg.method!r}: supports SD 1.x/2.x base models only; {cfg.base_model} is "
+                           f"{backbone.kind} (use one of {', '.join(ARCH_NEUTRAL_METHODS)})")
+        self.frozen = backbone.frozen_modules()
+        for name, m in self.frozen.items():
             m.requires_grad_(False)
             if weight_dtype != torch.float32:
                 m.to(dtype=weight_dtype)
-        pipe.vae.eval()
-        pipe.text_encoder.eval()
+            if name != backbone.denoiser_name:
+                m.eval()
         self.ctx = TrainContext(
-            cfg=cfg, pipe=pipe, unet=pipe.unet, vae=pipe.vae, text_encoder=pipe.text_encoder,
+            cfg=cfg, pipe=pipe, unet=backbone.denoiser, vae=pipe.vae, text_encoder=pipe.text_encoder,
             tokenizer=pipe.tokenizer, noise_scheduler=DDPMScheduler.from_config(pipe.scheduler.config),
             accelerator=self.accelerator, device=torch.device(device), weight_dtype=weight_dtype,
             generator=torch.Generator(device="cpu").manual_seed(cfg.seed), extras={"examples": examples},
+            backbone=backbone,
         )
         self.method = get_method(cfg.method, cfg)
         self.params = self.method.setup(self.ctx)
         self._check_trainable()
         if cfg.gradient_checkpointing:
-            pipe.unet.enable_gradient_checkpointing()
-        pipe.unet.train()
+            backbone.denoiser.enable_gradient_checkpointing()
+        backbone.denoiser.train()
         self.optimizer = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=cfg.adam_weight_decay)
         from diffusers.optimization import get_scheduler
 
@@ -102,8 +111,8 @@ class Trainer:
     def _check_trainable(self) -> None:
         """Gradients may reach only what the method declared trainable (and those must be fp32)."""
         mine = {id(p) for p in self.params}
-        for mod_name in ("unet", "vae", "text_encoder"):
-            for n, p in getattr(self.ctx, mod_name).named_parameters():
+        for mod_name, module in self.frozen.items():
+            for n, p in module.named_parameters():
                 if p.requires_grad and id(p) not in mine:
                     raise RuntimeError(f"{mod_name}.{n} requires grad but the method did not declare it trainable")
         if not self.params:

@@ -18,16 +18,6 @@ log = logging.getLogger(__name__)
 ADAPTER_NAME = "default"
 
 
-def lora_target(target_modules: list[str], cross_attention_only: bool) -> list[str] | str:
-    """peft ``target_modules``: suffix list, or a full-match regex restricted to ``attn2`` (cross-attention)."""
-    if not cross_attention_only:
-        return list(target_modules)
-    import re
-
-    alts = "|".join(re.escape(m) for m in target_modules)
-    return rf".*attn2\.({alts})"
-
-
 class AdapterSwitch:
     """Turn every LoRA layer of a model off/on in O(layers) attribute writes.
 
@@ -77,7 +67,7 @@ class LoraMethod:
 
         o = self.cfg.lora
         lcfg = LoraConfig(r=o.rank, lora_alpha=o.alpha or o.rank, lora_dropout=o.dropout, init_lora_weights="gaussian",
-                          target_modules=lora_target(o.target_modules, o.cross_attention_only))
+                          target_modules=ctx.backbone.lora_target(o.target_modules, o.cross_attention_only))
         unet = ctx.unet
         unet.requires_grad_(False)
         # LoRA init draws from the global RNG: seed it so the init (and so the whole run) is reproducible.
@@ -103,8 +93,7 @@ class LoraMethod:
     def compute_loss(self, ctx: TrainContext, batch: dict[str, Any], step: int):
         latents = ctx.encode_images(batch["pixel_values"])
         noisy, _noise, t, target = ctx.add_noise(latents)
-        cond = ctx.encode_text(batch["caption"])
-        pred = ctx.unet(noisy, t, encoder_hidden_states=cond, return_dict=False)[0]
+        pred = ctx.denoise(noisy, t, ctx.condition(batch["caption"]))
         loss = diffusion_loss(pred, target)
         return loss, {"loss_diffusion": float(loss.detach())}
 
@@ -131,16 +120,17 @@ class LoraMethod:
         return text
 
     def save_adapter(self, ctx: TrainContext, out_dir: Path) -> dict:
-        from diffusers import StableDiffusionPipeline
         from diffusers.utils import convert_state_dict_to_diffusers
 
         sd = convert_state_dict_to_diffusers(self.state_dict())
         meta = self.unet.peft_config[ADAPTER_NAME].to_dict()
-        StableDiffusionPipeline.save_lora_weights(
-            str(out_dir), unet_lora_layers=sd, weight_name=LORA_WEIGHTS, safe_serialization=True,
-            unet_lora_adapter_metadata=meta,
+        name = ctx.backbone.denoiser_name  # the pipeline class's own writer: SD, SDXL and SD3 key prefixes differ
+        type(ctx.pipe).save_lora_weights(
+            str(out_dir), weight_name=LORA_WEIGHTS, safe_serialization=True,
+            **{f"{name}_lora_layers": sd, f"{name}_lora_adapter_metadata": meta},
         )
         o = self.cfg.lora
-        return {"method": self.name, "format": "lora", "weight_name": LORA_WEIGHTS, "rank": o.rank,
+        return {"method": self.name, "format": "lora", "weight_name": LORA_WEIGHTS, "architecture": ctx.backbone.kind,
+                "rank": o.rank,
                 "alpha": o.alpha or o.rank, "target_modules": o.target_modules,
                 "cross_attention_only": o.cross_attention_only}

@@ -89,7 +89,7 @@ class SpfMethod(LoraMethod):
     # -- the two paths ----------------------------------------------------------------------------------------
     def dual_forward(self, ctx: TrainContext, noisy, t, base_text: list[str], res_text: list[str]):
         """(ε_ref, ε_res); captured maps land in ``self.store.maps['ref' | 'res']``."""
-        cond = ctx.encode_text(list(base_text) + list(res_text))  # one text-encoder call for both paths
+        cond = ctx.condition(list(base_text) + list(res_text))  # one text-encoder call for both paths
         cond_ref, cond_res = cond[:len(base_text)], cond[len(base_text):]
         store = self.store
         if store is not None:
@@ -101,7 +101,7 @@ class SpfMethod(LoraMethod):
         if store is not None:
             store.mode = "res"
         try:
-            eps_res = ctx.unet(noisy, t, encoder_hidden_states=cond_res, return_dict=False)[0]
+            eps_res = ctx.denoise(noisy, t, cond_res)
         finally:
             if store is not None:
                 store.mode = None
@@ -110,7 +110,7 @@ class SpfMethod(LoraMethod):
     def reference_eps(self, ctx: TrainContext, noisy, t, cond) -> torch.Tensor:
         """ε of the ORIGINAL model: the same UNet with its adapter off, no gradient."""
         with torch.no_grad(), self.switch.off():
-            return ctx.unet(noisy, t, encoder_hidden_states=cond, return_dict=False)[0]
+            return ctx.denoise(noisy, t, cond)
 
     def compute_loss(self, ctx: TrainContext, batch: dict[str, Any], step: int):
         o = self.o
@@ -155,11 +155,11 @@ class SpfMethod(LoraMethod):
         o = self.o
         latents = ctx.encode_images(batch["pixel_values"])
         noisy, _noise, t, target = ctx.add_noise(latents)
-        pred = ctx.unet(noisy, t, encoder_hidden_states=ctx.encode_text(batch["caption"]), return_dict=False)[0]
+        pred = ctx.denoise(noisy, t, ctx.condition(batch["caption"]))
         l_diff = diffusion_loss(pred, target)
         # with preserve_prior, L_preserve draws its own inputs: no reference pass on this batch
         eps_ref = None if self.prior is not None else self.reference_eps(ctx, noisy, t,
-                                                                         ctx.encode_text(batch["base_text"]))
+                                                                         ctx.condition(batch["base_text"]))
         l_pres = self.preserve_loss(ctx, noisy, t, batch["base_text"], eps_ref)
         return o.w_diffusion * l_diff + o.w_preserve * l_pres, {
             "loss_diffusion": float(l_diff.detach()), "loss_preserve": float(l_pres.detach()), "stage": 1.0}
@@ -171,8 +171,7 @@ class SpfMethod(LoraMethod):
             return torch.ones(len(phrases))
         missing = [s for s in phrases + [target] if s not in self._text_emb]
         if missing:
-            with torch.no_grad():
-                pooled = ctx.text_encoder(ctx.tokenize(missing))[1].float().cpu()
+            pooled = ctx.backbone.pooled_text(missing, device=ctx.device).float().cpu()
             self._text_emb.update(zip(missing, pooled))
         tgt = self._text_emb[target]
         return torch.stack([1 - torch.nn.functional.cosine_similarity(self._text_emb[p], tgt, dim=0)
@@ -243,9 +242,9 @@ class SpfMethod(LoraMethod):
         if k:
             # classifier-free guidance also runs the empty prompt: an adapter that moves it moves every base prompt
             texts[-k:] = [""] * k
-            eps_u = self.reference_eps(ctx, noisy[-k:], t[-k:], ctx.encode_text([""] * k))
+            eps_u = self.reference_eps(ctx, noisy[-k:], t[-k:], ctx.condition([""] * k))
             eps_ref = torch.cat([eps_ref[:len(texts) - k], eps_u])
-        eps_base = ctx.unet(noisy, t, encoder_hidden_states=ctx.encode_text(texts), return_dict=False)[0]
+        eps_base = ctx.denoise(noisy, t, ctx.condition(texts))
         return torch.nn.functional.mse_loss(eps_base.float(), eps_ref.detach().float())
 
     def preserve_prior_loss(self, ctx: TrainContext, b: int) -> torch.Tensor:
@@ -257,9 +256,9 @@ class SpfMethod(LoraMethod):
         if k:
             texts[-k:] = [""] * k
         noisy, _noise, t, _target = ctx.add_noise(lat_all[idx].to(ctx.weight_dtype))
-        cond = ctx.encode_text(texts)
+        cond = ctx.condition(texts)
         eps_ref = self.reference_eps(ctx, noisy, t, cond)
-        eps_base = ctx.unet(noisy, t, encoder_hidden_states=cond, return_dict=False)[0]
+        eps_base = ctx.denoise(noisy, t, cond)
         return torch.nn.functional.mse_loss(eps_base.float(), eps_ref.float())
 
     def _uncond_count(self, ctx: TrainContext, b: int) -> int:

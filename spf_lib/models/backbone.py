@@ -1,0 +1,141 @@
+"""What differs between base-model architectures, in one object per architecture, so methods stay architecture-free.
+
+A method asks the backbone for the text conditioning (``encode``) and hands it back to the denoiser (``denoise``);
+SPF's reference and response paths receive the same kind of ``Conditioning`` built the same way, only from their own
+text. That is where SDXL's second text encoder, its pooled embedding and its size/crop time ids live, and where SD3's
+three encoders and its flow-matching noise would live, instead of ``if sdxl`` branches in every method.
+
+- ``sd``: StableDiffusionPipeline (SD 1.x/2.x): UNet, one CLIP text encoder, ε/v prediction on a DDPM schedule.
+- ``sdxl``: StableDiffusionXLPipeline: UNet with text_time added conditioning, CLIP-L + CLIP-G (penultimate hidden
+  states concatenated along features: the 77 token positions are shared, so one token map serves both tokenizers).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any
+
+from spf_lib.errors import SpfError
+
+PIPELINE_KINDS = {"StableDiffusionPipeline": "sd", "StableDiffusionXLPipeline": "sdxl",
+                  "StableDiffusion3Pipeline": "sd3"}
+
+
+@dataclass
+class Conditioning:
+    """Everything the denoiser takes from the text. Rows are prompts; slice and concatenate like a tensor."""
+
+    hidden: Any                  # (B, T, D) encoder_hidden_states
+    pooled: Any | None = None    # (B, P) SDXL text_embeds / SD3 pooled_projections
+    time_ids: Any | None = None  # (B, 6) SDXL (original size, crop top-left, target size)
+
+    def __len__(self) -> int:
+        return int(self.hidden.shape[0])
+
+    def _map(self, fn) -> Conditioning:
+        return Conditioning(**{f.name: (None if getattr(self, f.name) is None else fn(getattr(self, f.name)))
+                               for f in fields(self)})
+
+    def __getitem__(self, idx) -> Conditioning:
+        return self._map(lambda x: x[idx])
+
+    @staticmethod
+    def cat(parts: list[Conditioning]) -> Conditioning:
+        import torch
+
+        first = parts[0]
+        return Conditioning(**{f.name: (None if getattr(first, f.name) is None
+                                        else torch.cat([getattr(p, f.name) for p in parts]))
+                               for f in fields(first)})
+
+
+class SdBackbone:
+    """SD 1.x/2.x: exactly the calls the methods made before backbones existed (bit-identical results)."""
+
+    kind = "sd"
+    denoiser_name = "unet"
+    text_encoder_names: tuple[str, ...] = ("text_encoder",)
+
+    def __init__(self, pipe) -> None:
+        self.pipe = pipe
+
+    @property
+    def denoiser(self):
+        return getattr(self.pipe, self.denoiser_name)
+
+    def frozen_modules(self) -> dict[str, Any]:
+        names = (self.denoiser_name, "vae", *self.text_encoder_names)
+        return {n: getattr(self.pipe, n) for n in names if getattr(self.pipe, n, None) is not None}
+
+    def tokenize(self, texts: list[str], device):
+        tok = self.pipe.tokenizer
+        return tok(texts, padding="max_length", max_length=tok.model_max_length, truncation=True,
+                   return_tensors="pt").input_ids.to(device)
+
+    def encode(self, texts: list[str], *, device, resolution: int) -> Conditioning:
+        import torch
+
+        with torch.no_grad():
+            return Conditioning(self.pipe.text_encoder(self.tokenize(texts, device))[0])
+
+    def pooled_text(self, texts: list[str], *, device):
+        """One vector per text from the (first) text encoder: SFCM's phrase-to-target distances."""
+        import torch
+
+        with torch.no_grad():
+            return self.pipe.text_encoder(self.tokenize(texts, device))[1]
+
+    def denoise(self, noisy, t, cond: Conditioning):
+        return self.denoiser(noisy, t, encoder_hidden_states=cond.hidden, return_dict=False)[0]
+
+    @staticmethod
+    def lora_target(target_modules: list[str], cross_attention_only: bool) -> list[str] | str:
+        """peft ``target_modules``: suffix list, or a full-match regex restricted to ``attn2`` (cross-attention)."""
+        if not cross_attention_only:
+            return list(target_modules)
+        import re
+
+        alts = "|".join(re.escape(m) for m in target_modules)
+        return rf".*attn2\.({alts})"
+
+
+class SdxlBackbone(SdBackbone):
+    """SDXL: both text encoders through the pipeline's own ``encode_prompt`` (what inference runs), the pooled
+    CLIP-G embedding, and time ids for an uncropped square image at the training resolution (the training images
+    are centre-cropped and resized, so that is what they are)."""
+
+    kind = "sdxl"
+    text_encoder_names = ("text_encoder", "text_encoder_2")
+
+    def encode(self, texts: list[str], *, device, resolution: int) -> Conditioning:
+        import torch
+
+        pipe = self.pipe
+        with torch.no_grad():
+            hidden, _, pooled, _ = pipe.encode_prompt(list(texts), device=device, num_images_per_prompt=1,
+                                                      do_classifier_free_guidance=False)
+        proj = pipe.text_encoder_2.config.projection_dim
+        ids = pipe._get_add_time_ids((resolution, resolution), (0, 0), (resolution, resolution), dtype=hidden.dtype,
+                                     text_encoder_projection_dim=proj)
+        return Conditioning(hidden, pooled, ids.to(device).repeat(len(texts), 1))
+
+    def denoise(self, noisy, t, cond: Conditioning):
+        return self.denoiser(noisy, t, encoder_hidden_states=cond.hidden, return_dict=False,
+                             added_cond_kwargs={"text_embeds": cond.pooled, "time_ids": cond.time_ids})[0]
+
+
+BACKBONES = {"sd": SdBackbone, "sdxl": SdxlBackbone}
+
+
+def pipeline_kind(pipe) -> str:
+    for cls in type(pipe).__mro__:
+        if cls.__name__ in PIPELINE_KINDS:
+            return PIPELINE_KINDS[cls.__name__]
+    raise SpfError(f"base model: {type(pipe).__name__} is not supported (expected one of {', '.join(PIPELINE_KINDS)})")
+
+
+def backbone_for(pipe) -> SdBackbone:
+    kind = pipeline_kind(pipe)
+    if kind not in BACKBONES:
+        raise SpfError(f"base model: {type(pipe).__name__} ({kind}) is not supported for training yet")
+    return BACKBONES[kind](pipe)
