@@ -10,7 +10,7 @@ from components._common import GPU_IMAGE
 def evaluate_model(
     model: Input[Model],
     base_model: str,
-    eval_config_json: str,
+    eval_config: dict,
     evaluation: Output[Artifact],
     eval_metrics: Output[Metrics],
     report: Output[HTML],
@@ -23,7 +23,7 @@ def evaluate_model(
 
     quiet_third_parties()
     adapter_dir = Path(model.path) / "adapter"
-    evaluate_stage(adapter_dir, base_model, eval_config_json, evaluation.path,
+    evaluate_stage(adapter_dir, base_model, eval_config, evaluation.path,
                    mlflow_run_id=model.metadata.get("mlflow_run_id") or None)
     metrics = json.loads((Path(evaluation.path) / "metrics.json").read_text())
     for key, value in metrics.items():

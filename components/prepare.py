@@ -12,7 +12,7 @@ from components._common import CPU_IMAGE
 def prepare_data(
     data_repo: str,
     data_rev: str,
-    prepare_config_json: str,
+    prepare_config: dict,
     prepared: Output[Dataset],
     qa_report: Output[HTML],
     qa_metrics: Output[Metrics],
@@ -25,7 +25,7 @@ def prepare_data(
     from spf_lib.stages import prepare_stage
 
     quiet_third_parties()
-    summary = prepare_stage(data_repo, data_rev, prepare_config_json, prepared.path)
+    summary = prepare_stage(data_repo, data_rev, prepare_config, prepared.path)
     prepared.metadata.update({k: summary[k] for k in ("data_rev", "data_hash", "data_repo", "n_kept", "n_rejected")})
     report = Path(prepared.path) / "qa" / "report.html"
     if report.is_file():

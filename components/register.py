@@ -17,7 +17,7 @@ def register_model(
     lineage_json: str,
     mlflow_run_id: str,
     promote: bool,
-    gate_rules_json: str,
+    gate_rules: dict,
 ) -> NamedTuple("RegisterOutputs", [("model_uri", str), ("version", str), ("promoted", bool), ("summary", str)]):
     import json
     from collections import namedtuple
@@ -28,7 +28,7 @@ def register_model(
 
     quiet_third_parties()
     result = register_stage(Path(model.path) / "adapter", evaluation.path, base_model, model_name,
-                            json.loads(lineage_json), promote, gate_rules_json, run_id=mlflow_run_id or None)
+                            json.loads(lineage_json), promote, gate_rules, run_id=mlflow_run_id or None)
     reg = result["registered"]
     promoted = bool(result["promotion"] and result["promotion"].get("passed"))
     out = namedtuple("RegisterOutputs", ["model_uri", "version", "promoted", "summary"])

@@ -13,7 +13,7 @@ def train_model(
     prepared: Input[Dataset],
     base_model: str,
     method: str,
-    train_config_json: str,
+    train_config: dict,
     pipeline_name: str,
     pipeline_version: str,
     kfp_run_id: str,
@@ -40,7 +40,7 @@ def train_model(
     work = checkpoint_dir(kfp_run_id, default=model.path)
     launcher = train_launch_prefix() if visible_gpu_count() > 1 else None
     # MLflow: the branch's child run of this pipeline run (named after it); evaluate/register find it in metadata
-    summary = train_stage(prepared.path, base_model, method, train_config_json, model.path, lineage,
+    summary = train_stage(prepared.path, base_model, method, train_config, model.path, lineage,
                           work_dir=None if work == model.path else work, launcher=launcher,
                           mlflow_branch=branch, pipeline_run_name=pipeline_run_name or None,
                           data_repo=prepared.metadata.get("data_repo"))

@@ -10,8 +10,8 @@ Pipeline parameter keys (type, default):
 - ``accelerator_type`` (str, ``nvidia.com/gpu``): extended resource name of the GPU (``amd.com/gpu`` works too).
 - ``accelerator_count`` (int, 1): GPUs for the training pod; the train step runs ``accelerate launch`` on all of them.
 - ``eval_accelerator_count`` (int, 1): GPUs for the evaluation pod.
-- ``node_selector_json`` (dict, ``{}``): node-pool selector, e.g. ``{"cloud.google.com/gke-accelerator": "nvidia-l4"}``.
-- ``tolerations_json`` (list, ``[]``): tolerations for the GPU pool's taints (list of Kubernetes toleration objects).
+- ``node_selector`` (dict, ``{}``): node-pool selector, e.g. ``{"cloud.google.com/gke-accelerator": "nvidia-l4"}``.
+- ``tolerations`` (list, ``[]``): tolerations for the GPU pool's taints (list of Kubernetes toleration objects).
 - ``s3_secret_name`` (str, ``spf-s3``): Secret with ``AWS_ACCESS_KEY_ID`` and ``AWS_SECRET_ACCESS_KEY``.
 - ``mlflow_secret_name`` (str, ``spf-mlflow``): Secret with ``MLFLOW_TRACKING_USERNAME``/``MLFLOW_TRACKING_PASSWORD``
   (both optional: a tracking server without auth needs no such Secret).
@@ -68,8 +68,8 @@ DEFAULTS: dict[str, Any] = {
     "accelerator_type": "nvidia.com/gpu",
     "accelerator_count": 1,
     "eval_accelerator_count": 1,
-    "node_selector_json": {},
-    "tolerations_json": [],
+    "node_selector": {},
+    "tolerations": [],
     "s3_secret_name": "spf-s3",
     "mlflow_secret_name": "spf-mlflow",
     "config_map_name": "spf-config",
@@ -100,7 +100,7 @@ DEFAULTS: dict[str, Any] = {
 }
 # Which keys may be pipeline parameters (chosen per run); the rest must be constants at compile time.
 RUNTIME_KEYS = frozenset(
-    {"accelerator_type", "accelerator_count", "eval_accelerator_count", "node_selector_json", "tolerations_json",
+    {"accelerator_type", "accelerator_count", "eval_accelerator_count", "node_selector", "tolerations",
      "s3_secret_name", "mlflow_secret_name"}
 )
 S3_SECRET_KEYS = {"AWS_ACCESS_KEY_ID": "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY": "AWS_SECRET_ACCESS_KEY"}
@@ -125,11 +125,11 @@ def _get(params: dict, key: str) -> Any:
     if key.endswith(("_count", "_retries", "_timeout_s")):
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise ValueError(f"platform param {key!r} must be an integer >= 0, got {value!r}")
-    elif key == "node_selector_json" and not isinstance(value, dict):
-        raise ValueError(f"platform param 'node_selector_json' must be a dict, got {type(value).__name__}")
-    elif key == "tolerations_json" and not isinstance(value, list | dict):
-        raise ValueError(f"platform param 'tolerations_json' must be a list of tolerations, got {value!r}")
-    elif key not in ("node_selector_json", "tolerations_json") and not isinstance(value, str):
+    elif key == "node_selector" and not isinstance(value, dict):
+        raise ValueError(f"platform param 'node_selector' must be a dict, got {type(value).__name__}")
+    elif key == "tolerations" and not isinstance(value, list | dict):
+        raise ValueError(f"platform param 'tolerations' must be a list of tolerations, got {value!r}")
+    elif key not in ("node_selector", "tolerations") and not isinstance(value, str):
         raise ValueError(f"platform param {key!r} must be a string, got {value!r}")
     return value
 
@@ -149,10 +149,10 @@ def _resources(task: dsl.PipelineTask, params: dict, prefix: str) -> None:
 
 def _node_pool(task: dsl.PipelineTask, params: dict) -> None:
     """Node selector and tolerations; a pipeline parameter is always wired so each run can pick its pool."""
-    selector = _get(params, "node_selector_json")
+    selector = _get(params, "node_selector")
     if isinstance(selector, PipelineChannel) or selector:
         kubernetes.add_node_selector_json(task, selector)
-    tolerations = _get(params, "tolerations_json")
+    tolerations = _get(params, "tolerations")
     if isinstance(tolerations, PipelineChannel):
         kubernetes.add_toleration_json(task, tolerations)
     else:

@@ -49,44 +49,49 @@ def portrait_pipeline(
     data_rev: str = "HEAD",
     method: str = "spf",
     baseline_method: str = "",
-    prepare_config_json: str = "{}",
-    train_config_json: str = "{}",
-    eval_config_json: str = "{}",
+    prepare_config: dict = {},  # noqa: B006 - KFP reads the default; PrepareConfig fields (docs/operations.md)
+    train_config: dict = {},  # noqa: B006 - TrainConfig fields
+    eval_config: dict = {},  # noqa: B006 - EvalConfig fields
     model_name: str = "spf-portrait",
     promote: bool = True,
-    gate_rules_json: str = "{}",
+    gate_rules: dict = {},  # noqa: B006 - GateRules fields ({} = the registry's default rules)
     pipeline_version: str = "dev",
     accelerator_type: str = "nvidia.com/gpu",
     accelerator_count: int = 1,
-    node_selector_json: str = "{}",
-    tolerations_json: str = "[]",
+    eval_accelerator_count: int = 1,
+    node_selector: dict = {},  # noqa: B006 - e.g. {"cloud.google.com/gke-accelerator": "nvidia-l4"}
+    tolerations: list = [],  # noqa: B006 - Kubernetes toleration objects for the GPU pool's taints
+    s3_secret_name: str = "spf-s3",
+    mlflow_secret_name: str = "spf-mlflow",
 ) -> NamedTuple("PipelineOutputs", [("registration", str), ("metrics", str), ("data_rev", str),
                                           ("n_kept", int), ("n_rejected", int), ("final_loss", float),
                                           ("comparison", str)]):
     params = {
         "accelerator_type": accelerator_type, "accelerator_count": accelerator_count,
-        "node_selector_json": node_selector_json, "tolerations_json": tolerations_json, **RETRY_OVERRIDES,
+        "eval_accelerator_count": eval_accelerator_count, "node_selector": node_selector,
+        "tolerations": tolerations, "s3_secret_name": s3_secret_name, "mlflow_secret_name": mlflow_secret_name,
+        **RETRY_OVERRIDES,
     }
-    prep = prepare_data(data_repo=data_repo, data_rev=data_rev, prepare_config_json=prepare_config_json)
+    prep = prepare_data(data_repo=data_repo, data_rev=data_rev, prepare_config=prepare_config)
     prep.set_display_name("prepare data (faces + QA)")
     platform.configure_prepare(prep, params)
 
     train = train_model(
         prepared=prep.outputs["prepared"], base_model=base_model, method=method,
-        train_config_json=train_config_json, pipeline_name=PIPELINE_NAME, pipeline_version=pipeline_version,
+        train_config=train_config, pipeline_name=PIPELINE_NAME, pipeline_version=pipeline_version,
         kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER, pipeline_run_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
     )
     train.set_display_name("train adapter")
     platform.configure_train(train, params)
 
-    ev = evaluate_model(model=train.outputs["model"], base_model=base_model, eval_config_json=eval_config_json)
+    ev = evaluate_model(model=train.outputs["model"], base_model=base_model, eval_config=eval_config)
     ev.set_display_name("evaluate vs original")
     platform.configure_evaluate(ev, params)
 
     reg = register_model(
         model=train.outputs["model"], evaluation=ev.outputs["evaluation"], base_model=base_model,
         model_name=model_name, lineage_json=train.outputs["lineage_json"],
-        mlflow_run_id=train.outputs["mlflow_run_id"], promote=promote, gate_rules_json=gate_rules_json,
+        mlflow_run_id=train.outputs["mlflow_run_id"], promote=promote, gate_rules=gate_rules,
     )
     reg.set_display_name("register + promotion gate")
     platform.configure_register(reg, params)
@@ -96,12 +101,12 @@ def portrait_pipeline(
     with dsl.If(baseline_method != "", name="with-baseline"):
         btrain = train_model(
             prepared=prep.outputs["prepared"], base_model=base_model, method=baseline_method,
-            train_config_json=train_config_json, pipeline_name=PIPELINE_NAME, pipeline_version=pipeline_version,
+            train_config=train_config, pipeline_name=PIPELINE_NAME, pipeline_version=pipeline_version,
             kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER, pipeline_run_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
         )
         btrain.set_display_name("train baseline adapter")
         platform.configure_train(btrain, params)
-        bev = evaluate_model(model=btrain.outputs["model"], base_model=base_model, eval_config_json=eval_config_json)
+        bev = evaluate_model(model=btrain.outputs["model"], base_model=base_model, eval_config=eval_config)
         bev.set_display_name("evaluate baseline vs original")
         platform.configure_evaluate(bev, params)
         cmp = compare_models(evaluation=ev.outputs["evaluation"], baseline_evaluation=bev.outputs["evaluation"],

@@ -104,9 +104,19 @@ def synth_demo_data(out_dir: str | Path, n: int = DEMO_IMAGES, seed: int = DEMO_
 
 
 def ensure_data_repo(root: Path, n_images: int, seed: int) -> tuple[str, str, str]:
-    """Synthesize the portrait set and version it with DVC (local-folder remote); return (repo, rev, hash)."""
-    from spf_lib.data.dvc_io import track_dataset
+    """The DVC-versioned demo data; return (repo, rev, hash).
 
+    By default this project's own repository: its top-level ``data.dvc`` tracks ``data/`` = ``spf data synth``'s
+    set, so the pipeline reads ``data`` at this checkout's HEAD (a fresh clone regenerates ``data/``, checks it
+    against ``data.dvc`` and pushes it to the local remote ``.spf/dvc-remote``; the user commits nothing). Another
+    size/seed, or a package installed outside a git checkout, gets a repo of its own under ``root``.
+    """
+    from spf_lib.data.dvc_io import committed_data_rev, track_dataset
+
+    if (n_images, seed) == (DEMO_IMAGES, DEMO_DATA_SEED):
+        found = committed_data_rev(REPO_ROOT, regenerate=synth_demo_data)
+        if found is not None:
+            return str(REPO_ROOT), *found
     repo = root / "data-repo"
     synth_demo_data(repo / "data", n=n_images, seed=seed)
     rev, data_hash = track_dataset(repo, data_dir_name="data", remote_url=str(root / "dvc-remote"))
@@ -153,7 +163,7 @@ def demo_gate_rules() -> dict:
 
 
 def demo_configs(resolution: int, steps: int, method: str, clip_model: str | None = None, *,
-                 probes: str | None = None, eval_prompts: int = 8, eval_seeds: int = 3) -> dict[str, str]:
+                 probes: str | None = None, eval_prompts: int = 8, eval_seeds: int = 3) -> dict[str, dict]:
     """The demo's stage settings: the fidelity bench's training recipe, the world's prompts and probes for evaluation.
 
     Training: rank 8, lr 3e-3, batch 8, 64 px (bench/fidelity.py), SPF's CLIP image embedder = the world CLIP.
@@ -186,9 +196,4 @@ def demo_configs(resolution: int, steps: int, method: str, clip_model: str | Non
         rules = {"rules": [{"metric": "pollution", "better": "lower", "epsilon": 0.01, "bound": 0.5}]
                  + ([{"metric": "clip_t_gain", "better": "higher", "bound": TARGET_CLIP_GAIN_FLOOR}]
                     if clip_model else [])}
-    return {
-        "prepare_config_json": json.dumps(prepare),
-        "train_config_json": json.dumps(train),
-        "eval_config_json": json.dumps(evaluate),
-        "gate_rules_json": json.dumps(rules),
-    }
+    return {"prepare_config": prepare, "train_config": train, "eval_config": evaluate, "gate_rules": rules}

@@ -20,8 +20,11 @@ from spf_lib.errors import SpfError
 log = logging.getLogger(__name__)
 
 
-def parse_json_arg(text: str | None, name: str) -> dict:
-    """Parse a JSON-object argument, naming the argument when it is not valid."""
+def parse_json_arg(text: str | dict | None, name: str) -> dict:
+    """Parse a JSON-object argument, naming the argument when it is not valid. A dict (a KFP ``dict`` pipeline
+    parameter arrives as one) is taken as is."""
+    if isinstance(text, dict):
+        return _ints_back(text)
     if not text or not text.strip():
         return {}
     try:
@@ -30,6 +33,18 @@ def parse_json_arg(text: str | None, name: str) -> dict:
         raise SpfError(f"{name}: not valid JSON ({e.msg} at column {e.colno})") from e
     if not isinstance(value, dict):
         raise SpfError(f"{name}: expected a JSON object, got {type(value).__name__}")
+    return value
+
+
+def _ints_back(value: Any) -> Any:
+    """KFP carries dict parameters as protobuf Structs, where every number is a double: ``steps: 40`` can arrive as
+    ``40.0``. Whole floats become ints again (an int is valid wherever a float is)."""
+    if isinstance(value, dict):
+        return {k: _ints_back(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_ints_back(v) for v in value]
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
     return value
 
 

@@ -64,16 +64,16 @@ def tiny_pipeline(
     data_rev: str = "abc123",
     accelerator_type: str = "nvidia.com/gpu",
     accelerator_count: int = 2,
-    node_selector_json: dict = {"cloud.google.com/gke-accelerator": "nvidia-l4"},  # noqa: B006 - KFP default
-    tolerations_json: list = [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],  # noqa: B006
+    node_selector: dict = {"cloud.google.com/gke-accelerator": "nvidia-l4"},  # noqa: B006 - KFP default
+    tolerations: list = [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],  # noqa: B006
     s3_secret_name: str = "spf-s3",
     mlflow_secret_name: str = "spf-mlflow",
 ) -> None:
     params = {
         "accelerator_type": accelerator_type,
         "accelerator_count": accelerator_count,
-        "node_selector_json": node_selector_json,
-        "tolerations_json": tolerations_json,
+        "node_selector": node_selector,
+        "tolerations": tolerations,
         "s3_secret_name": s3_secret_name,
         "mlflow_secret_name": mlflow_secret_name,
         "data_rev": data_rev,  # not a platform key: ignored by the hooks

@@ -52,6 +52,7 @@ def test_same_folder_again_is_the_same_rev_and_a_change_is_a_new_one(portraits, 
     rev1 = _rev(_add(capsys, portraits, "--repo", repo)[1])
     code, out, _ = _add(capsys, portraits, "--repo", repo)
     assert code == 0 and _rev(out) == rev1 and "unchanged" in out
+    assert _add(capsys, portraits, "--repo", repo, "-q")[1] == f"{rev1}\n"  # DATA_REV=$(spf data add ... -q)
     (portraits / "images" / "grace.jpg.txt").write_text("a photo of a woman, navy uniform, smiling")
     code, out, _ = _add(capsys, portraits, "--repo", repo, "-m", "recaption grace")
     rev2 = _rev(out)

@@ -112,10 +112,10 @@ def test_overlay_run_params_are_platform_params(overlay):
     assert set(params) <= platform.RUNTIME_KEYS
     for key in params:
         platform._get(params, key)  # raises ValueError naming a bad value
-    for tol in params["tolerations_json"]:
+    for tol in params["tolerations"]:
         pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "x"},
                "spec": {"containers": [{"name": "c", "image": "i"}], "tolerations": [tol],
-                        "nodeSelector": params["node_selector_json"]}}
+                        "nodeSelector": params["node_selector"]}}
         kubernetes_validate.validate(pod, K8S_VERSION, strict=True)
 
 

@@ -33,11 +33,11 @@ def test_upload_submit_schedule(server, tmp_path, capsys):
     up = _run(["pipeline", "upload", "--package", str(pkg), "--version", "v1", "--host", server.host], capsys)
     assert up["version"] == "v1" and up["version_id"].startswith("version-")
     run = _run(["pipeline", "submit", "--pipeline", "spf-portrait", "--host", server.host,
-                "-p", "accelerator_count=2", "-p", 'node_selector_json={"pool": "l4"}', "-p", "data_rev=abc"],
+                "-p", "accelerator_count=2", "-p", 'node_selector={"pool": "l4"}', "-p", "data_rev=abc"],
                capsys)
     body = server.calls("POST", f"{API}/runs")[0]["json"]
     assert run["run_id"].startswith("run-")
-    assert body["runtime_config"]["parameters"] == {"accelerator_count": 2, "node_selector_json": {"pool": "l4"},
+    assert body["runtime_config"]["parameters"] == {"accelerator_count": 2, "node_selector": {"pool": "l4"},
                                                     "data_rev": "abc"}
     sched = _run(["pipeline", "schedule", "--cron", "0 4 * * *", "--host", server.host], capsys)
     assert sched["cron"] == "0 0 4 * * *"

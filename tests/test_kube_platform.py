@@ -58,8 +58,8 @@ def test_gpu_resources_come_from_pipeline_parameters(compiled):
 def test_node_selector_and_tolerations_are_per_run(compiled):
     _, k8s, _ = compiled
     for gpu_task in ("exec-fit", "exec-score"):
-        assert k8s[gpu_task]["nodeSelector"] == {"nodeSelectorJson": {"componentInputParameter": "node_selector_json"}}
-        assert k8s[gpu_task]["tolerations"] == [{"tolerationJson": {"componentInputParameter": "tolerations_json"}}]
+        assert k8s[gpu_task]["nodeSelector"] == {"nodeSelectorJson": {"componentInputParameter": "node_selector"}}
+        assert k8s[gpu_task]["tolerations"] == [{"tolerationJson": {"componentInputParameter": "tolerations"}}]
     assert "nodeSelector" not in k8s["exec-prep"] and "tolerations" not in k8s["exec-record"]
 
 
@@ -117,10 +117,10 @@ def test_bad_constants_are_rejected_naming_the_key():
         @dsl.pipeline(name="bad")
         def bad() -> None:
             platform.configure_train(prep(data_rev="x"), {"accelerator_count": -1})
-    with pytest.raises(ValueError, match="node_selector_json"):
+    with pytest.raises(ValueError, match="node_selector"):
         @dsl.pipeline(name="bad2")
         def bad2() -> None:
-            platform.configure_evaluate(prep(data_rev="x"), {"node_selector_json": "pool=a100"})
+            platform.configure_evaluate(prep(data_rev="x"), {"node_selector": "pool=a100"})
     with pytest.raises(ValueError, match="shm_size"):
         @dsl.pipeline(name="bad3")
         def bad3(size: str = "1Gi") -> None:
@@ -132,8 +132,8 @@ def test_constant_node_pool_compiles_inline(tmp_path):
     def p() -> None:
         platform.configure_train(
             prep(data_rev="x"),
-            {"accelerator_count": 4, "node_selector_json": {"pool": "a100"}, "checkpoint_pvc": "",
-             "tolerations_json": [{"key": "k", "operator": "Exists", "effect": "NoSchedule"}]},
+            {"accelerator_count": 4, "node_selector": {"pool": "a100"}, "checkpoint_pvc": "",
+             "tolerations": [{"key": "k", "operator": "Exists", "effect": "NoSchedule"}]},
         )
 
     spec, k8s = compile_to(p, tmp_path / "c.yaml")

@@ -26,8 +26,8 @@ def test_pipeline_compiles(tmp_path):
         "pipelinechannel--baseline_method"
     assert with_b["train-model-2"]["inputs"]["artifacts"]["prepared"]["componentInputArtifact"] == \
         "pipelinechannel--prepare-data-prepared"
-    assert with_b["evaluate-model-2"]["inputs"]["parameters"]["eval_config_json"]["componentInputParameter"] == \
-        "pipelinechannel--eval_config_json"
+    assert with_b["evaluate-model-2"]["inputs"]["parameters"]["eval_config"]["componentInputParameter"] == \
+        "pipelinechannel--eval_config"
     # resource settings reach the branch's sub-DAG (kfp does not pass them down by itself)
     assert {"pipelinechannel--accelerator_type", "pipelinechannel--accelerator_count"} <= set(
         comps["comp-condition-2"]["inputDefinitions"]["parameters"])

@@ -81,7 +81,7 @@ def test_bad_data_stops_the_run_before_training(tmp_path, tiny_model_dir, monkey
     root, log = tmp_path / "root", tmp_path / "pipeline.log"
     with pytest.raises(SpfError) as err:
         run_local({"data_repo": str(repo), "data_rev": rev, "base_model": str(tiny_model_dir), "method": "lora",
-                   "prepare_config_json": json.dumps({"size": 64})}, root, log_path=log)
+                   "prepare_config": {"size": 64}}, root, log_path=log)
     message = str(err.value)
     assert "prepare-data" in message and str(log) in message
     assert "no_face" in log.read_text() or "expect" in log.read_text()

@@ -24,7 +24,7 @@ def test_compiled_pipeline_names_the_git_secrets_only_for_prepare(tmp_path, monk
     assert TOKEN not in text
     executors = list(yaml.safe_load_all(text))[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
     prep = executors["exec-prepare-data"]
-    (git_env,) = [s for s in prep["secretAsEnv"] if s["secretName"] == "spf-git"]
+    (git_env,) = [s for s in prep["secretAsEnv"] if s.get("secretName") == "spf-git"]
     assert git_env["optional"] is True
     assert {k["secretKey"]: k["envVar"] for k in git_env["keyToEnv"]} == {"GIT_TOKEN": "SPF_GIT_TOKEN",
                                                                           "GIT_USERNAME": "SPF_GIT_USERNAME"}

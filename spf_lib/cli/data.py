@@ -59,16 +59,21 @@ def pull(
 
 @app.command("synth")
 def synth(
-    output_dir: Annotated[Path, typer.Option("--output", help="folder for images/ and captions.jsonl")],
-    n: Annotated[int, typer.Option("--n", help="number of images")] = 16,
-    seed: Annotated[int, typer.Option("--seed", help="same seed -> byte-identical files")] = 0,
+    output_dir: Annotated[Path, typer.Option("--output", help="folder for images/ and captions.jsonl (default: "
+                                             "data, the folder data.dvc tracks)")] = Path("data"),
+    n: Annotated[int | None, typer.Option("--n", help="number of images (default: the demo's)")] = None,
+    seed: Annotated[int | None, typer.Option("--seed", help="same seed -> byte-identical files")] = None,
 ) -> None:
-    """Generate the deterministic synthetic portrait world used by the demo."""
-    try:
-        from spf_lib.data.synth import synth_dataset
-    except ImportError as e:
-        raise SpfError(f"spf data synth: spf_lib.data.synth.synth_dataset is not available yet ({e})") from e
-    path = synth_dataset(output_dir, n=n, seed=seed)
+    """Generate the demo's portrait set (the small world's fine-tuning set), byte-identical for the same n/seed.
+
+    With the defaults it is exactly what the top-level data.dvc tracks: `spf data synth && dvc status` is clean.
+    """
+    from spf_lib.demo import DEMO_DATA_SEED, DEMO_IMAGES, synth_demo_data
+
+    n = DEMO_IMAGES if n is None else n
+    if n < 1:
+        raise SpfError(f"--n {n}: must be at least 1")
+    path = synth_demo_data(output_dir, n=n, seed=DEMO_DATA_SEED if seed is None else seed)
     typer.echo(f"wrote {n} synthetic portraits to {path}")
 
 
@@ -85,6 +90,7 @@ def add(
                                            "(a cluster reads the revision from there)")] = False,
     origin: Annotated[str | None, typer.Option("--origin", help="git URL to set as origin (if none) and push "
                                                "to")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="print only the data_rev (for DATA_REV=$(...))")] = False,
 ) -> None:
     """Check a folder like `prepare` does, version it with DVC as data/, push it, commit, print the data_rev."""
     from spf_lib.data.config import PrepareConfig
@@ -100,6 +106,9 @@ def add(
         for line in e.problems:
             typer.echo(f"  {line}", err=True)
         raise
+    if quiet:
+        typer.echo(r.rev)
+        return
     state = "committed" if r.committed else "unchanged (already this revision)"
     typer.echo(f"data: {r.n_files} files, dvc md5 {r.data_hash}, pushed to {r.remote}; {state}")
     typer.echo(f"data_rev={r.rev}")

@@ -63,9 +63,9 @@ def demo(
                   f"compare); full task output goes to {log_path}", soft_wrap=True)
     configs = demo_configs(ws.resolution, steps, method, eval_prompts=eval_prompts, eval_seeds=eval_seeds)
     if gate_override is not None:
-        configs["gate_rules_json"] = json.dumps(gate_override.model_dump())
+        configs["gate_rules"] = gate_override.model_dump(mode="json")
     # The rules the gate used, as a file: `spf promote NAME --rules` applies the same ones by hand.
-    (ws.root / "gate-rules.json").write_text(json.dumps(json.loads(configs["gate_rules_json"]), indent=2) + "\n")
+    (ws.root / "gate-rules.json").write_text(json.dumps(configs["gate_rules"], indent=2) + "\n")
     params = {"data_repo": ws.data_repo, "data_rev": ws.data_rev, "base_model": ws.base_model, "method": method,
               "baseline_method": baseline_method, "promote": promote,
               "model_name": os.environ.get("SPF_MODEL_NAME", "spf-portrait-demo"), **configs}

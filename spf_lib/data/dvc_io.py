@@ -248,14 +248,17 @@ def track_dataset(repo_dir: str | Path, data_dir_name: str = DATA_OUT, *, remote
 
 @contextlib.contextmanager
 def _dvc_silenced(level_while: int = logging.WARNING):
-    """DVC's own logger prints git hints ("To track the changes with git...") that we act on ourselves."""
-    logger = logging.getLogger("dvc")
-    level = logger.level
-    logger.setLevel(level_while)
+    """DVC's own loggers print git hints ("To track the changes with git...") that we act on ourselves, and
+    dvc_data warns about objects a fresh clone's remote cannot have yet."""
+    loggers = [logging.getLogger(name) for name in ("dvc", "dvc_data", "dvc_objects")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(max(level_while, lg.level))
     try:
         yield
     finally:
-        logger.setLevel(level)
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
 
 
 def _git_config(repo_dir: Path, key: str) -> str:
