@@ -80,7 +80,7 @@ def prepare_stage(data_repo: str, data_rev: str, config_json: str, out_dir: str 
     from spf_lib.data.dvc_io import pull_data
     from spf_lib.data.prepare import PrepareConfig, prepare_dataset
 
-    overrides = parse_json_arg(config_json, "prepare_config_json")
+    overrides = parse_json_arg(config_json, "prepare_config")
     cfg = _build(PrepareConfig, **overrides)
     with tempfile.TemporaryDirectory(prefix="spf-pull-") as tmp:
         ref = pull_data(data_repo, data_rev, Path(tmp) / "data")
@@ -115,7 +115,7 @@ def train_stage(data_dir: str | Path, base_model: str, method: str, config_json:
     from spf_lib.train.run import train
 
     work = Path(work_dir or out_dir)
-    overrides = parse_json_arg(config_json, "train_config_json")
+    overrides = parse_json_arg(config_json, "train_config")
     overrides.update({"method": method, "base_model": base_model, "data_dir": str(data_dir),
                       "output_dir": str(work)})
     if work_dir is not None:
@@ -167,7 +167,7 @@ def evaluate_stage(adapter_dir: str | Path, base_model: str, config_json: str, o
     from spf_lib.eval.config import EvalConfig
     from spf_lib.eval.run import evaluate
 
-    overrides = parse_json_arg(config_json, "eval_config_json")
+    overrides = parse_json_arg(config_json, "eval_config")
     overrides.update({"base_model": base_model, "adapter_dir": str(adapter_dir), "output_dir": str(out_dir)})
     if mlflow_run_id:
         overrides["mlflow_run_id"] = mlflow_run_id
@@ -247,7 +247,7 @@ def register_stage(adapter_dir: str | Path, eval_dir: str | Path | None, base_mo
     if eval_dir and (Path(eval_dir) / "metrics.json").is_file():
         metrics, eval_lineage = split_metrics(json.loads((Path(eval_dir) / "metrics.json").read_text()))
         lineage = {**lineage, **eval_lineage}
-    rules = _build(GateRules, **parse_json_arg(gate_json, "gate_rules_json")) if promote else None
+    rules = _build(GateRules, **parse_json_arg(gate_json, "gate_rules")) if promote else None
     version = register_model(adapter_dir, base_model, metrics=metrics, lineage=lineage, model_name=model_name,
                              eval_dir=eval_dir, run_id=run_id or None,
                              gate_metrics=[r.metric for r in rules.rules] if rules else ())
