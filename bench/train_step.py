@@ -1,11 +1,13 @@
 """Step time and peak memory: LoRA step vs SPF stage-2 step (without and with L_enhanced), side by side.
 
 Each variant runs in its own subprocess so its peak memory is its own (CUDA: torch.cuda.max_memory_allocated over
-the timed steps; CPU: the process's peak RSS and the growth of RSS during the steps). Config ``tiny`` (default on
-CPU) uses the project's tiny SD; ``sd15`` (default on CUDA) is the SD 1.5 UNet/VAE/CLIP-L architecture at 512 px in
-bf16 with random weights (speed and memory do not depend on the weights).
+the timed steps; CPU: the process's peak RSS and the growth of RSS during the steps). Model ``tiny`` (default on
+CPU) uses the project's tiny SD; ``sd15`` (default on CUDA), ``sdxl`` and ``sd3`` are the published architectures
+(spf_lib.models.architectures) with random weights (speed and memory do not depend on the weights), built directly in
+bf16 when mixed_precision=bf16.
 
-Options: config=tiny|sd15, steps=N (timed), warmup=N, batch=N, resolution=N, mixed_precision=no|bf16,
+Options: model=tiny|sd15|sdxl|sd3 (config= is the same option), width_divisor=N (sdxl: every width / N, depths
+kept), steps=N (timed), warmup=N, batch=N, resolution=N, mixed_precision=no|bf16,
 capture=PATTERN[,PATTERN], checkpointing=0|1, variants=lora,spf-no-enh,spf-default-no-enh,spf.
 Goals (issue 4): SPF stage-2 without L_enh ≤ 1.4× LoRA step time, peak memory ≤ 1.15× LoRA.
 """
@@ -29,30 +31,6 @@ VARIANTS = {
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _sd15_pipeline(seed: int = 0):
-    """SD 1.5 architecture, random init, built in code (no download)."""
-    import torch
-    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
-
-    from spf_lib.models.tokenizer import build_tokenizer
-
-    torch.manual_seed(seed)
-    tok = build_tokenizer()
-    unet = UNet2DConditionModel(sample_size=64, cross_attention_dim=768, attention_head_dim=8)
-    vae = AutoencoderKL(block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4,
-                        up_block_types=("UpDecoderBlock2D",) * 4, layers_per_block=2, latent_channels=4,
-                        sample_size=512)
-    te = CLIPTextModel(CLIPTextConfig(vocab_size=len(tok), hidden_size=768, intermediate_size=3072,
-                                      num_hidden_layers=12, num_attention_heads=12, max_position_embeddings=77,
-                                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-                                      pad_token_id=tok.pad_token_id))
-    sched = DDIMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                          clip_sample=False, set_alpha_to_one=False, steps_offset=1)
-    return StableDiffusionPipeline(unet=unet, vae=vae, text_encoder=te, tokenizer=tok, scheduler=sched,
-                                   safety_checker=None, feature_extractor=None, requires_safety_checker=False)
-
-
 def _trainer(variant: str, opts: dict):
     import torch
 
@@ -65,8 +43,15 @@ def _trainer(variant: str, opts: dict):
     tmp = Path(opts["tmp"])
     data = make_dataset(tmp / f"data-{opts['resolution']}", n=4, size=opts["resolution"])
     cuda = torch.cuda.is_available()
-    pipe = _sd15_pipeline() if opts["config"] == "sd15" else None
-    model = str(tmp / "tiny-sd") if pipe is None else "sd15-random"
+    pipe = None
+    if opts["config"] != "tiny":  # a published architecture, random init, built in code (no download)
+        from spf_lib.models.architectures import build_architecture
+
+        kw = {"dtype": torch.bfloat16} if opts["mixed_precision"] == "bf16" else {}
+        if opts.get("width_divisor", 1) != 1:
+            kw["width_divisor"] = opts["width_divisor"]
+        pipe = build_architecture(opts["config"], **kw)
+    model = str(tmp / "tiny-sd") if pipe is None else f"{opts['config']}-random"
     v = VARIANTS[variant]
     spf = {"stage1_steps": 0, **v.get("spf", {})}
     if opts.get("capture"):
@@ -141,6 +126,7 @@ def _child_interleaved(variants: list[str], opts: dict, out_json: str) -> None:
 def run(options: dict[str, str]) -> dict:
     from bench.common import opt
     from spf_lib.errors import SpfError
+    from spf_lib.models.architectures import ARCHITECTURES
 
     try:
         import torch
@@ -148,10 +134,12 @@ def run(options: dict[str, str]) -> dict:
         cuda = torch.cuda.is_available()
     except ImportError:  # pragma: no cover
         cuda = False
-    config = opt(options, "config", "sd15" if cuda else "tiny", str)
-    if config not in ("tiny", "sd15"):
-        raise SpfError(f"bench option config={config!r}: expected tiny or sd15")
+    # model= (issue 18's name) and config= (the first one) choose the same thing
+    config = opt(options, "model", opt(options, "config", "sd15" if cuda else "tiny", str), str)
+    if config not in ("tiny", *ARCHITECTURES):
+        raise SpfError(f"bench option model={config!r}: expected tiny or one of {', '.join(ARCHITECTURES)}")
     opts = {
+        "width_divisor": opt(options, "width_divisor", 1, int),
         "config": config,
         "steps": opt(options, "steps", 5 if config == "tiny" else 10, int),
         "warmup": opt(options, "warmup", 2 if config == "tiny" else 3, int),
@@ -196,8 +184,10 @@ def run(options: dict[str, str]) -> dict:
                      t_ratio if t_ratio is not None else "-", m_ratio if m_ratio is not None else "-"])
         figures[v] = {**r, "time_ratio_vs_lora": t_ratio, "mem_ratio_vs_lora": m_ratio}
     dev = next(iter(results.values()))["device"]
+    shrunk = f" widths/{opts['width_divisor']}" if opts["width_divisor"] != 1 else ""
     return {
-        "title": f"train step: LoRA vs SPF stage 2 ({config}, {opts['resolution']} px, {opts['mixed_precision']}, {dev})",
+        "title": (f"train step: LoRA vs SPF stage 2 ({config}{shrunk}, {opts['resolution']} px, "
+                  f"{opts['mixed_precision']}, {dev})"),
         "columns": ["variant", "median ms", "min ms", mem_key, "rss growth MB", "time × LoRA", "mem × LoRA"],
         "rows": rows,
         "figures": {"config": {k: v for k, v in opts.items() if k != "tmp"}, "device": dev, "variants": figures},

@@ -71,8 +71,27 @@ def _clip_text(cls, spec: dict[str, Any], tokenizer):
                               pad_token_id=tokenizer.pad_token_id))
 
 
-def build_sd15_pipeline(seed: int = 0):
-    """SD 1.5 (UNet 860M, VAE 84M, CLIP ViT-L/14 text 123M parameters), random weights, fp32, on the CPU."""
+class _default_dtype:
+    """Build directly in ``dtype``: a bf16 model built in fp32 first needs twice its memory at the peak."""
+
+    def __init__(self, dtype) -> None:
+        self.dtype = dtype
+
+    def __enter__(self):
+        import torch
+
+        self.previous = torch.get_default_dtype()
+        torch.set_default_dtype(self.dtype or torch.float32)
+
+    def __exit__(self, *exc):
+        import torch
+
+        torch.set_default_dtype(self.previous)
+
+
+def build_sd15_pipeline(seed: int = 0, dtype=None):
+    """SD 1.5 (UNet 860M, VAE 84M, CLIP ViT-L/14 text 123M parameters), random weights, on the CPU; fp32 unless
+    ``dtype``."""
     import torch
     from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextModel
@@ -80,10 +99,11 @@ def build_sd15_pipeline(seed: int = 0):
     from spf_lib.models.tokenizer import build_tokenizer
 
     tok = build_tokenizer()
-    torch.manual_seed(seed)
-    unet = UNet2DConditionModel(**SD15_UNET)
-    vae = AutoencoderKL(**SD_VAE)
-    te = _clip_text(CLIPTextModel, CLIP_L_TEXT, tok)
+    with _default_dtype(dtype):
+        torch.manual_seed(seed)
+        unet = UNet2DConditionModel(**SD15_UNET)
+        vae = AutoencoderKL(**SD_VAE)
+        te = _clip_text(CLIPTextModel, CLIP_L_TEXT, tok)
     return StableDiffusionPipeline(unet=unet, vae=vae, text_encoder=te, tokenizer=tok,
                                    scheduler=DDIMScheduler(**SD_SCHEDULER), safety_checker=None,
                                    feature_extractor=None, requires_safety_checker=False)
@@ -119,29 +139,26 @@ def build_sdxl_pipeline(seed: int = 0, width_divisor: int = 1, dtype=None):
     unet_cfg, te1_cfg, te2_cfg = sdxl_configs(width_divisor)
     tok, tok2 = build_tokenizer(), build_tokenizer()
     tok2.pad_token = "!"  # SDXL's second tokenizer pads with "!" (id 0 in the published vocabulary)
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(dtype or torch.float32)
-    try:
+    with _default_dtype(dtype):
         torch.manual_seed(seed)
         unet = UNet2DConditionModel(**unet_cfg)
         vae = AutoencoderKL(**SDXL_VAE)
         te1 = _clip_text(CLIPTextModel, te1_cfg, tok)
         te2 = _clip_text(CLIPTextModelWithProjection, te2_cfg, tok2)
-    finally:
-        torch.set_default_dtype(previous)
     return StableDiffusionXLPipeline(vae=vae, text_encoder=te1, text_encoder_2=te2, tokenizer=tok, tokenizer_2=tok2,
                                      unet=unet, scheduler=EulerDiscreteScheduler(**SDXL_SCHEDULER),
                                      add_watermarker=False)
 
 
-def build_architecture(arch: str, seed: int = 0):
-    """The pipeline of ``arch`` (one of ARCHITECTURES) at its published size, random weights."""
+def build_architecture(arch: str, seed: int = 0, **kw):
+    """The pipeline of ``arch`` (one of ARCHITECTURES) at its published size, random weights; ``kw`` go to its
+    builder (``dtype``; SDXL: ``width_divisor``)."""
     builders = {"sd15": build_sd15_pipeline, "sdxl": build_sdxl_pipeline}
     if arch not in ARCHITECTURES:
         raise SpfError(f"model={arch!r}: expected one of {', '.join(ARCHITECTURES)}")
     if arch not in builders:
         raise SpfError(f"model={arch!r}: not built in code yet")
-    return builders[arch](seed)
+    return builders[arch](seed, **kw)
 
 
 def cross_attention_layers(unet_config) -> list[str]:
