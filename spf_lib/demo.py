@@ -163,19 +163,23 @@ def demo_gate_rules() -> dict:
 
 
 def demo_configs(resolution: int, steps: int, method: str, clip_model: str | None = None, *,
-                 probes: str | None = None, eval_prompts: int = 8, eval_seeds: int = 3) -> dict[str, dict]:
+                 probes: str | None = None, eval_prompts: int = 8, eval_seeds: int = 3,
+                 world: bool | None = None) -> dict[str, dict]:
     """The demo's stage settings: the fidelity bench's training recipe, the world's prompts and probes for evaluation.
 
     Training: rank 8, lr 3e-3, batch 8, 64 px (bench/fidelity.py), SPF's CLIP image embedder = the world CLIP.
     Evaluation: DDIM 20 steps, guidance 4 — the bench's sampler, under which the probes were checked.
+    ``world``: the base model is the small world's (default: when its probes exist). Identity methods keep their
+    own evaluation set (the learned person as the target), so the world's glasses prompts and probes are not theirs.
     """
+    from spf_lib.eval.evalset import IDENTITY_METHODS
     from spf_lib.registry.gate import TARGET_CLIP_GAIN_FLOOR
 
     clip_model = clip_model if clip_model is not None else (
         str(WORLD_CLIP) if (WORLD_CLIP / "config.json").is_file() else None)
     probes = probes if probes is not None else (
         str(WORLD_PROBES) if (WORLD_PROBES / "probes.json").is_file() else None)
-    world = probes is not None
+    world = (probes is not None if world is None else world) and method not in IDENTITY_METHODS
     prepare: dict = {"size": resolution}
     train: dict = {"steps": steps, "resolution": resolution, "checkpoint_every": max(steps // 2, 1)}
     evaluate: dict = {"num_inference_steps": 10, "resolution": resolution}
@@ -184,7 +188,8 @@ def demo_configs(resolution: int, steps: int, method: str, clip_model: str | Non
         first = demo_eval_set(1, 1)["base_prompts"][0]
         train.update({"lr": 3e-3, "batch_size": 8, "rank": 8, "checkpoints_total_limit": 1,
                       "validation": {"prompts": [first, f"{first}, wearing round glasses"], "seeds": [1000],
-                                     "num_inference_steps": 20, "guidance_scale": 4.0}})
+                                     "num_inference_steps": 20, "guidance_scale": 4.0,
+                                     "every": max(steps // 3, 1)}})  # grids during training, for MLflow
         evaluate.update({"num_inference_steps": 20, "guidance_scale": 4.0, "batch_size": 24, "probes": probes,
                          "eval_set": demo_eval_set(eval_prompts, eval_seeds)})
     if clip_model:

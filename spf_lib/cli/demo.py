@@ -18,9 +18,9 @@ def demo(
     workdir: Annotated[Path, typer.Option(help="demo workspace (model, data repo, DVC remote, pipeline root)")] = Path(
         ".spf/demo"),
     method: Annotated[str, typer.Option(help="lora | spf | celeb-basis | beyond-inserting")] = "spf",
-    baseline_method: Annotated[str, typer.Option(
-        help="also train and evaluate this method on the same data, prompts and seeds ('' = none); "
-             "it is compared, not registered")] = "lora",
+    baseline_method: Annotated[str | None, typer.Option(
+        help="also train and evaluate this method on the same data, prompts and seeds ('' = none; default lora, "
+             "none for lora and identity methods); it is compared, not registered")] = None,
     steps: Annotated[int, typer.Option(min=1, help="training steps")] = DEMO_STEPS,
     images: Annotated[int, typer.Option(min=4, help="number of synthetic portraits")] = DEMO_IMAGES,
     eval_prompts: Annotated[int, typer.Option(min=1, help="evaluation prompts per kind (base, target)")] = 8,
@@ -36,15 +36,23 @@ def demo(
     from rich.console import Console
 
     from spf_lib.demo import demo_configs, prepare_workspace
+    from spf_lib.eval.evalset import IDENTITY_METHODS
     from spf_lib.methods import METHODS
     from spf_lib.registry.gate import GateRules
     from spf_lib.settings import Settings, quiet_third_parties
 
+    if baseline_method is None:
+        baseline_method = "" if method in IDENTITY_METHODS or method == "lora" else "lora"
     for flag, value in (("--method", method), ("--baseline-method", baseline_method)):
         if value and value not in METHODS:
             raise SpfError(f"{flag} {value!r}: expected one of {', '.join(METHODS)}")
     if baseline_method == method:
         raise SpfError(f"--baseline-method {baseline_method!r}: same as --method; give another method or ''")
+
+    if baseline_method and (method in IDENTITY_METHODS) != (baseline_method in IDENTITY_METHODS):
+        raise SpfError(f"--baseline-method {baseline_method!r}: {method} and {baseline_method} are evaluated on "
+                       "different prompt sets (identity vs attribute), so they cannot share one comparison; "
+                       "pass --baseline-method ''")
     gate_override = GateRules.from_file(rules) if rules else None
     quiet_third_parties()
     console = Console()
@@ -61,7 +69,10 @@ def demo(
     branches = f"{method} + baseline {baseline_method}" if baseline_method else method
     console.print(f"[2/2] running the KFP pipeline locally ({branches}: prepare → train → evaluate → register → "
                   f"compare); full task output goes to {log_path}", soft_wrap=True)
-    configs = demo_configs(ws.resolution, steps, method, eval_prompts=eval_prompts, eval_seeds=eval_seeds)
+    from spf_lib.demo import WORLD_BASE
+
+    configs = demo_configs(ws.resolution, steps, method, eval_prompts=eval_prompts, eval_seeds=eval_seeds,
+                           world=Path(ws.base_model).resolve() == WORLD_BASE.resolve())
     if gate_override is not None:
         configs["gate_rules"] = gate_override.model_dump(mode="json")
     # The rules the gate used, as a file: `spf promote NAME --rules` applies the same ones by hand.

@@ -23,6 +23,8 @@ SUMMARY_METRICS: tuple[tuple[str, str], ...] = (
     ("target_rate_original", "target rate of the original"),
     ("probe_pollution", "pollution (probe-read base attributes changed)"),
     ("target_leak", "target leak on base prompts"),
+    ("red_bg_delta", "red background rise on base prompts"),
+    ("smile_delta", "smile rise on base prompts"),
     ("pollution", "pollution (image similarity to the original)"),
     ("clip_t_gain", "CLIP-T gain on target prompts"),
 )
