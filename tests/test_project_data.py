@@ -10,11 +10,11 @@ from functools import partial
 import pytest
 
 from spf_lib.data.dvc_io import committed_data_rev, pull_data
-from spf_lib.data.synth import synth_dataset
+from spf_lib.demo import synth_demo_data
 from spf_lib.errors import SpfError
 from tests._data_helpers import git
 
-regenerate = partial(synth_dataset, n=4, seed=3, size=96)
+regenerate = partial(synth_demo_data, n=4, seed=3)
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +57,7 @@ def test_fresh_clone_regenerates_pushes_and_reads_at_head(clone, tmp_path):
 
 def test_generator_that_drifted_is_named(clone):
     with pytest.raises(SpfError, match="does not match .*data.dvc"):
-        committed_data_rev(clone, regenerate=partial(synth_dataset, n=4, seed=4, size=96))
+        committed_data_rev(clone, regenerate=partial(synth_demo_data, n=4, seed=4))
 
 
 def test_uncommitted_data_dvc_is_refused(clone):
@@ -78,3 +78,21 @@ def test_a_cluster_reads_the_same_rev_from_its_own_store(upstream, clone, tmp_pa
     monkeypatch.setenv("SPF_DVC_REMOTE_URL", str(clone / ".spf" / "dvc-remote"))
     ref = pull_data(str(upstream), rev, tmp_path / "pulled")
     assert ref.data_hash == md5
+
+
+def test_spf_data_synth_leaves_dvc_status_clean(clone, capsys):
+    """`spf data synth` regenerates data/ byte for byte and fills the DVC cache, so `dvc status` has nothing to say;
+    a different set is written as asked, with a note that it is not what data.dvc records."""
+    from dvc.repo import Repo
+
+    from tests._data_helpers import run_cli
+
+    assert run_cli(["data", "synth", "--output", str(clone / "data"), "--n", "4", "--seed", "3"]) == 0
+    assert "matches data.dvc" in capsys.readouterr().out
+    with Repo(str(clone)) as repo:
+        assert repo.status() == {}
+    assert git(clone, "status", "--porcelain") == ""
+    assert run_cli(["data", "synth", "--output", str(clone / "data"), "--n", "4", "--seed", "5"]) == 0
+    assert "note: " in capsys.readouterr().err
+    with Repo(str(clone)) as repo:
+        assert repo.status() != {}

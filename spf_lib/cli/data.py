@@ -75,6 +75,15 @@ def synth(
         raise SpfError(f"--n {n}: must be at least 1")
     path = synth_demo_data(output_dir, n=n, seed=DEMO_DATA_SEED if seed is None else seed)
     typer.echo(f"wrote {n} synthetic portraits to {path}")
+    from spf_lib.data.dvc_io import cache_if_tracked
+
+    try:
+        md5 = cache_if_tracked(path)  # data/ beside data.dvc: same bytes -> DVC cache; `dvc status` is clean
+    except SpfError as e:  # written as asked, but not what the .dvc file records: say so, it is not a failure
+        typer.echo(f"note: {e}", err=True)
+        return
+    if md5:
+        typer.echo(f"{path}: matches {path.name}.dvc (dvc md5 {md5}); stored in the DVC cache")
 
 
 @app.command("add")

@@ -519,3 +519,35 @@ def committed_data_rev(repo_dir: str | Path, regenerate: Any = None) -> tuple[st
         dvcfile.write_bytes(before)
         raise SpfError(f"{dvcfile}: dvc commit changed it; restored (data/ differs from data.dvc)")
     return _git(repo_dir, "rev-parse", "HEAD"), md5
+
+
+def cache_if_tracked(data_dir: str | Path) -> str | None:
+    """After regenerating ``data_dir``: when a ``.dvc`` file beside it tracks it and the new files hash exactly
+    to what it records, store them in the DVC cache (so ``dvc status`` is clean and ``dvc push`` has them) without
+    touching the ``.dvc`` file. Returns its md5; None when nothing tracks the folder. A mismatch is an error naming
+    both: regenerated data that no longer matches its record must be looked at, not silently re-versioned."""
+    from dvc.exceptions import DvcException
+    from dvc.repo import Repo
+
+    _quiet_dvc()
+    data_dir = Path(data_dir).resolve()
+    dvcfile = data_dir.with_name(data_dir.name + ".dvc")
+    if not dvcfile.is_file() or not (data_dir.parent / ".dvc").is_dir():
+        return None
+    before = dvcfile.read_bytes()
+    md5, _ = data_hash_from_dvcfile(before.decode(), str(dvcfile)) if data_dir.name == DATA_OUT else (None, None)
+    sink = io.StringIO()
+    try:
+        with _dvc_silenced(logging.ERROR), contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink), \
+                Repo(str(data_dir.parent)) as repo:
+            (stage,) = repo.stage.collect(str(dvcfile))
+            if any(out.workspace_status() for out in stage.outs):
+                raise SpfError(f"{data_dir}: regenerated, but it does not match {dvcfile.name} ({md5}); if the "
+                               f"generator changed on purpose, version the new set: dvc add {data_dir.name}")
+            repo.commit(str(dvcfile), force=True)
+    except DvcException as e:
+        raise SpfError(f"{data_dir.parent}: dvc failed: {_one_line(e)}") from e
+    if dvcfile.read_bytes() != before:
+        dvcfile.write_bytes(before)
+        raise SpfError(f"{dvcfile}: dvc commit changed it; restored")
+    return md5
