@@ -92,14 +92,17 @@ def check_output_target(final: str | Path, *, owned_if: Iterable[str] = (), flag
     if final.is_dir() and not is_ours(final, owned_if):
         raise SpfError(f"{flag} {final}: folder is not empty and was not written by spf (no {MARKER}); "
                        "give a new or empty folder")
-    parent = final.parent
-    probe = parent
-    while not probe.exists():
+    probe = final.parent
+    while not probe.exists() and probe != probe.parent:
         probe = probe.parent
     if not probe.is_dir():
         raise SpfError(f"{flag} {final}: {probe} is not a folder")
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise SpfError(f"{flag} {final}: cannot write in {probe} (permission denied)")
+    try:  # os.access says yes to root on a read-only or special filesystem: really try
+        import tempfile
+
+        os.rmdir(tempfile.mkdtemp(prefix=".spf-probe-", dir=probe))
+    except OSError as e:
+        raise SpfError(f"{flag} {final}: cannot write in {probe} ({e.strerror or e})") from None
     return final
 
 
@@ -214,7 +217,6 @@ def output_lock(folder: str | Path, *, what: str, inside: bool = True) -> Iterat
             break
         os.close(fd)  # the previous holder removed it between our open and our lock: take the new file
     try:
-        os.write(fd, f"{_HOST} {os.getpid()}\n".encode())
         yield lock_path
     finally:
         if not inside:

@@ -42,17 +42,38 @@ def main(argv: list[str] | None = None) -> None:
     _scrub_logs()
     debug = os.environ.get("SPF_DEBUG", "") not in ("", "0")
     try:
-        app(args=argv, prog_name="spf")
+        code = app(args=argv, prog_name="spf", standalone_mode=False)
     except SpfError as e:
         _fail(str(e), e.exit_code)
     except KeyboardInterrupt:
         typer.secho("interrupted", err=True)
         sys.exit(130)
     except Exception as e:  # noqa: BLE001 - classified below; anything else keeps its traceback
+        _click_exit(e)
         line = None if debug else _one_line(e)
         if line is None:
             raise
         _fail(line, 2)
+    else:  # like click's standalone mode: a finished command exits (0), callers in-process see SystemExit
+        sys.exit(code if isinstance(code, int) else 0)
+
+
+def _click_exit(e: BaseException) -> None:
+    """Click's own errors (typer vendors click, so matched by class name): a usage error is one line naming the
+    command; a bare group prints its help; Abort is an interrupt."""
+    names = {c.__name__ for c in type(e).__mro__}
+    if "NoArgsIsHelpError" in names:
+        e.show()  # type: ignore[attr-defined]
+        sys.exit(getattr(e, "exit_code", 2))
+    if "Abort" in names:
+        typer.secho("interrupted", err=True)
+        sys.exit(130)
+    if "UsageError" in names:
+        ctx = getattr(e, "ctx", None)
+        cmd = ctx.command_path if ctx is not None else "spf"
+        _fail(f"{cmd}: {e.format_message()} (see '{cmd} --help')", getattr(e, "exit_code", 2))  # type: ignore
+    if "ClickException" in names:
+        _fail(e.format_message(), getattr(e, "exit_code", 1))  # type: ignore[attr-defined]
 
 
 def _fail(message: str, code: int) -> None:

@@ -65,7 +65,7 @@ def read_manifest_captions(root: Path) -> dict[str, RawCaption]:
                 continue
             if len(row) != 2:
                 raise SpfError(f"{csv_path}:{lineno}: expected 2 columns (file,caption), got {len(row)}")
-            out[row[0].strip()] = RawCaption(row[1], f"csv:{lineno}")
+            _put(out, row[0].strip(), RawCaption(row[1], f"csv:{lineno}"), csv_path)
     jsonl_path = root / JSONL_NAME
     if jsonl_path.is_file() and not jsonl_path.is_symlink():
         for lineno, line in enumerate(_decode(jsonl_path.read_bytes()).splitlines(), start=1):
@@ -80,8 +80,17 @@ def read_manifest_captions(root: Path) -> dict[str, RawCaption]:
             cap = rec.get("caption")
             if cap is not None and not isinstance(cap, str):
                 raise SpfError(f"{jsonl_path}:{lineno}: 'caption' must be a string, got {type(cap).__name__}")
-            out[rec["file"].strip()] = RawCaption(cap or "", f"jsonl:{lineno}")
+            _put(out, rec["file"].strip(), RawCaption(cap or "", f"jsonl:{lineno}"), jsonl_path)
     return out
+
+
+def _put(out: dict[str, RawCaption], key: str, cap: RawCaption, path: Path) -> None:
+    """A file listed twice with different captions is an error naming both lines (the last one used to win
+    silently); listing it twice with the same caption is harmless."""
+    if key in out and out[key].text != cap.text:
+        raise SpfError(f"{path}: {key!r} is listed twice with different captions ({out[key].source} and "
+                       f"{cap.source}); keep one")
+    out.setdefault(key, cap)
 
 
 def read_sidecar(image: Path) -> RawCaption | None:

@@ -50,7 +50,43 @@ def read_adapter_info(adapter_dir: str | Path) -> dict:
     info = read_json_object(path)
     if info.get("format") not in ("lora",) and not info.get("loader"):
         raise SpfError(f"{path}: unknown adapter format {info.get('format')!r}")
+    if info.get("format") != "lora":
+        _resolve_loader(path, info.get("loader"))
+    for st in sorted(Path(adapter_dir).glob("*.safetensors")):
+        check_safetensors(st)
     return info
+
+
+def _resolve_loader(path: Path, loader: Any):
+    """The loader function an adapter names, checked before any model is loaded (only spf_lib.methods.*)."""
+    import importlib
+
+    if not isinstance(loader, str) or loader.count(":") != 1:
+        raise SpfError(f"{path}: loader {loader!r} must be 'spf_lib.methods.<module>:<function>'")
+    module, _, func = loader.partition(":")
+    if not module.startswith("spf_lib.methods.") or not func.isidentifier():
+        raise SpfError(f"{path}: loader {loader!r} is outside spf_lib.methods")
+    try:
+        fn = getattr(importlib.import_module(module), func, None)
+    except ImportError:
+        fn = None
+    if not callable(fn):
+        raise SpfError(f"{path}: unknown loader {loader!r} (no such function in this spf version)")
+    return fn
+
+
+def check_safetensors(path: Path) -> None:
+    """Header and size of a safetensors file, read without loading it: a corrupt or truncated file is one line
+    here instead of a traceback after the base model was loaded."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            for k in f.keys():
+                f.get_slice(k).get_shape()
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise SpfError(f"{path}: not a readable safetensors file ({(str(e).splitlines() or ['?'])[0][:200]})") \
+            from None
 
 
 def load_adapter(pipe: Any, adapter_dir: str | Path) -> AdapterHandle:
@@ -60,13 +96,21 @@ def load_adapter(pipe: Any, adapter_dir: str | Path) -> AdapterHandle:
         weights = Path(adapter_dir) / LORA_WEIGHTS
         if not weights.is_file():
             raise SpfError(f"{weights}: missing LoRA weights")
-        pipe.load_lora_weights(str(adapter_dir), weight_name=LORA_WEIGHTS, adapter_name="spf")
+        from safetensors import SafetensorError
+
+        try:
+            pipe.load_lora_weights(str(adapter_dir), weight_name=LORA_WEIGHTS, adapter_name="spf")
+        except (SafetensorError, ValueError, KeyError, RuntimeError, OSError, TypeError, IndexError) as e:
+            raise SpfError(f"{weights}: does not load into this base model ({type(e).__name__}: "
+                           f"{(str(e).splitlines() or ['?'])[0][:200]})") from None
         handle = AdapterHandle(pipe=pipe, info=info)
         handle.enable()
         return handle
-    import importlib
+    fn = _resolve_loader(Path(adapter_dir) / ADAPTER_INFO, info["loader"])
+    from safetensors import SafetensorError
 
-    module, _, func = info["loader"].partition(":")
-    if not module.startswith("spf_lib.methods."):
-        raise SpfError(f"{adapter_dir}/{ADAPTER_INFO}: loader {info['loader']!r} is outside spf_lib.methods")
-    return getattr(importlib.import_module(module), func)(pipe, Path(adapter_dir), info)
+    try:
+        return fn(pipe, Path(adapter_dir), info)
+    except (SafetensorError, KeyError, ValueError, RuntimeError, IndexError) as e:
+        raise SpfError(f"{adapter_dir}: adapter does not load into this base model ({type(e).__name__}: "
+                       f"{(str(e).splitlines() or ['?'])[0][:200]})") from None

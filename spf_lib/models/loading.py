@@ -32,6 +32,11 @@ def resolve_model_ref(ref: str, cache_dir: str | Path | None = None) -> str:
             raise SpfError(f"base model {ref}: is a file, expected a diffusers/transformers model folder")
         if not ((p / "model_index.json").exists() or (p / "config.json").exists()):
             raise SpfError(f"base model {ref}: no model_index.json or config.json in this folder")
+        for name in ("model_index.json", "config.json"):
+            if (p / name).is_file():  # a broken index fails deep in from_pretrained otherwise
+                from spf_lib.io import read_json_object
+
+                read_json_object(p / name, label=f"base model {ref}: {name}")
         return str(p.resolve())
     if ref.startswith((".", "/", "~")) or os.sep in ref.strip("/").split("/", 2)[-1]:
         raise SpfError(f"base model {ref}: folder does not exist")
@@ -126,8 +131,13 @@ def load_pipeline(ref: str, *, dtype: str = "float32", device: str = "cpu", cach
         pipe = getattr(diffusers, name).from_pretrained(
             path, dtype=torch_dtype, use_safetensors=True, local_files_only=local or _offline(), **extra,
         )
-    except OSError as e:
-        raise SpfError(f"base model {ref}: cannot load ({str(e).splitlines()[0]})") from e
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, RuntimeError) as e:
+        from spf_lib.devices import is_oom
+
+        if is_oom(e):
+            raise
+        first = (str(e).splitlines() or [type(e).__name__])[0][:300]
+        raise SpfError(f"base model {ref}: cannot load ({type(e).__name__}: {first})") from None
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)
 

@@ -151,6 +151,7 @@ def _register_once(adapter_dir: Path, info: dict, base_ref: str, metrics: Metric
         with active_experiment(client.get_run(run_id).info.experiment_id):  # an injected run may live elsewhere
             model_uri = _log_adapter_model(adapter_dir, info, base_ref, run_id, logged_model_name(tags))
         mv = mlflow.register_model(model_uri, name, tags=version_tags, await_registration_for=60)
+        mv = _one_version(client, name, key, mv)
         client.update_model_version(name, mv.version, description=description)
         client.set_registered_model_alias(name, CHALLENGER, mv.version)
     except BaseException:
@@ -199,6 +200,20 @@ def _pipeline_branch(client, run_id: str):
 KEY_TAG = "spf.registration_key"
 ADAPTER_HASH_TAG = "spf.adapter_hash"
 METRICS_ADAPTER_HASH_TAG = "spf.metrics_adapter_hash"
+
+
+def _one_version(client, name: str, key: str, mv):
+    """Keep the oldest version of this registration key. A duplicate exists only if a create request was sent twice
+    below us (an HTTP layer that retries POST after a lost reply); it is ours and has no alias yet: delete it."""
+    found = sorted(client.search_model_versions(f"name = '{_q(name)}' and tags.`{KEY_TAG}` = '{_q(key)}'"),
+                   key=lambda v: int(v.version))
+    if len(found) <= 1:
+        return mv
+    for dup in found[1:]:
+        log.warning("%s: version %s duplicates version %s (same registration key); deleting it", name,
+                    dup.version, found[0].version)
+        client.delete_model_version(name, dup.version)
+    return found[0]
 
 
 def _was_promoted(version) -> bool:
@@ -275,7 +290,13 @@ def _open_run(client, exp_id: str, run_id: str | None, kfp_run_id: str, key: str
         return runs[0].info.run_id, True
     run = client.create_run(exp_id, run_name=f"register-{kfp_run_id}" if lk.is_real(kfp_run_id) else None,
                             tags={"spf.stage": "register", "kfp_run_id": kfp_run_id, KEY_TAG: key})
-    return run.info.run_id, True
+    runs = client.search_runs([exp_id], f"tags.`{KEY_TAG}` = '{_q(key)}' and tags.`spf.stage` = 'register'",
+                              max_results=20)
+    oldest = min(runs, key=lambda r: (r.info.start_time or 0, r.info.run_id)) if runs else run
+    for dup in runs:  # a create sent twice below us: keep one run, delete the copies
+        if dup.info.run_id != oldest.info.run_id:
+            client.delete_run(dup.info.run_id)
+    return oldest.info.run_id, True
 
 
 def _log_run_data(client, run_id: str, tags: dict[str, str], metrics: Metrics, info: dict) -> None:

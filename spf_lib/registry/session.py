@@ -26,7 +26,10 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 _HTTP_DEFAULTS = {
-    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
+    # 0: MLflow's HTTP layer retries every method, POST included, so a lost reply to model-versions/create or
+    # runs/create would be sent again and make a second version/run. Whole operations are retried by
+    # ``with_retries`` instead, and those look their earlier work up first (issue 19).
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
     "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
     "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0.2",
     "MLFLOW_HTTP_REQUEST_TIMEOUT": "60",
