@@ -70,3 +70,13 @@ def test_a_placeholder_run_id_is_refused(embedded):  # noqa: F811
 def _file(path: Path) -> Path:
     path.write_text("evidence")
     return path
+
+
+def test_ui_links_open_the_classic_view():
+    """MLflow 3.17 reads the view from ?workflowType= (default GenAI/Traces), not only from the experiment tag."""
+    from spf_lib.registry.session import ui_url
+
+    classic = "?workflowType=machine_learning"
+    assert ui_url("http://u:p@h:5000/", experiment_id="3") == f"http://***@h:5000/#/experiments/3{classic}"
+    assert ui_url("http://h", experiment_id="3", run_id="r").endswith(f"/#/experiments/3/runs/r{classic}")
+    assert ui_url("http://h", model="m", version="2") == f"http://h/#/models/m/versions/2{classic}"

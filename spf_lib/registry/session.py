@@ -350,3 +350,23 @@ def end_branch_run(run_id: str, status: str = "FAILED", settings: Settings | Non
                                              t[PARENT_TAG], client), status)
     except Exception as e:  # noqa: BLE001
         log.warning("could not mark MLflow run %s %s: %s", run_id, status, str(e).splitlines()[0][:200])
+
+
+# -- links into MLflow's UI ----------------------------------------------------------------------------------------
+
+#: MLflow 3.17's UI picks its view from this query parameter (then the browser's last choice), default "genai"
+#: (Traces); the experiment tag above is what it reads where the GenAI/Model-training switch is off.
+CLASSIC_VIEW = "workflowType=machine_learning"
+
+
+def ui_url(base: str, *, experiment_id: str | None = None, run_id: str | None = None,
+           model: str | None = None, version: str | None = None) -> str:
+    """A link that opens MLflow's classic (model training) view: experiment, run, or model version page."""
+    base = redact_uri(base.rstrip("/"))
+    if model and version:
+        return f"{base}/#/models/{model}/versions/{version}?{CLASSIC_VIEW}"
+    if experiment_id and run_id:
+        return f"{base}/#/experiments/{experiment_id}/runs/{run_id}?{CLASSIC_VIEW}"
+    if experiment_id:
+        return f"{base}/#/experiments/{experiment_id}?{CLASSIC_VIEW}"
+    return f"{base}/#/experiments?{CLASSIC_VIEW}"
