@@ -280,12 +280,13 @@ def compare_stage(columns: dict[str, str | Path], out_dir: str | Path, *, kfp_ru
     write_text_atomic(page, comparison_html(png, summaries, title))
     result = {**drawn, "html": str(page), "methods": summaries, "mlflow_run_id": None}
     if kfp_run_id:
-        result["mlflow_run_id"] = _attach_to_pipeline_run(kfp_run_id, png, run_name)
+        result["mlflow_run_id"] = _attach_to_pipeline_run(kfp_run_id, png, run_name, summaries)
     (out / "comparison.json").write_text(json.dumps(result, indent=2, sort_keys=True), encoding="utf-8")
     return result
 
 
-def _attach_to_pipeline_run(kfp_run_id: str, png: Path, run_name: str = "") -> str | None:
+def _attach_to_pipeline_run(kfp_run_id: str, png: Path, run_name: str = "",
+                            summaries: dict[str, dict[str, float]] | None = None) -> str | None:
     """Log the picture into the pipeline run's MLflow (parent) run; None when that API or the store is not there.
 
     Best effort on purpose: the picture is already in the KFP artifact and printed by the demo; a tracking outage
@@ -298,6 +299,8 @@ def _attach_to_pipeline_run(kfp_run_id: str, png: Path, run_name: str = "") -> s
     try:
         with pipeline_run(kfp_run_id, run_name or None) as run:
             run.log_artifact(str(png), artifact_path="comparison")
+            # the methods side by side on the parent run, e.g. compare/lora/target_rate vs compare/spf/target_rate
+            run.log_metrics({f"compare/{m}/{k}": v for m, vals in (summaries or {}).items() for k, v in vals.items()})
             return run.run_id
     except Exception as e:  # noqa: BLE001
         log.warning("comparison picture not attached to MLflow (%s: %s); it stays at %s", type(e).__name__, e, png)

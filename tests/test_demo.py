@@ -171,3 +171,22 @@ def test_reading_commands_never_create_an_empty_store(tmp_path, monkeypatch):
             main(argv)
         assert e.value.code == 2
     assert not (tmp_path / ".spf").exists()
+
+
+def test_compare_stage_writes_the_page_and_attaches_the_picture_to_the_pipeline_run(tmp_path, monkeypatch):
+    import mlflow
+
+    from spf_lib.stages import compare_stage
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    lora, spf = _fake_eval(tmp_path / "lora", (255, 0, 0)), _fake_eval(tmp_path / "spf", (0, 0, 255))
+    res = compare_stage({"lora": lora, "spf": spf}, tmp_path / "out", kfp_run_id="kfp-123", run_name="demo run")
+    assert res["columns"] == ["original", "LoRA", "SPF"] and Path(res["picture"]).is_file()
+    page = Path(res["html"]).read_text()
+    assert "data:image/png;base64," in page and "target rate" in page  # one self-contained file for the KFP UI
+    assert res["mlflow_run_id"]
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    run = client.get_run(res["mlflow_run_id"])
+    assert run.data.tags.get("kfp_run_id") == "kfp-123"
+    assert [a.path for a in client.list_artifacts(run.info.run_id, "comparison")] == ["comparison/comparison.png"]
+    assert run.data.metrics["compare/spf/target_rate"] == 0.5 and "compare/lora/probe_pollution" in run.data.metrics
