@@ -24,7 +24,8 @@ def _batches(items: Sequence[EvalItem], size: int) -> Iterator[list[EvalItem]]:
 
 def default_resolution(pipe: Any) -> int:
     factor = getattr(pipe, "vae_scale_factor", 8)
-    return int(pipe.unet.config.sample_size) * int(factor)
+    denoiser = getattr(pipe, "unet", None) or pipe.transformer  # SD3: a transformer
+    return int(denoiser.config.sample_size) * int(factor)
 
 
 def generate_images(pipe: Any, items: Sequence[EvalItem], *, prompt_fn=None, steps: int, guidance: float,

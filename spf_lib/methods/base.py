@@ -31,7 +31,7 @@ class TrainContext:
     vae: Any
     text_encoder: Any
     tokenizer: Any
-    noise_scheduler: Any           # DDPMScheduler built from the pipeline's scheduler config
+    noise_scheduler: Any           # the training scheduler (DDPM; SD3: flow matching) from the pipeline's config
     accelerator: Any
     device: Any
     weight_dtype: Any
@@ -74,11 +74,18 @@ class TrainContext:
             dist = self.vae.encode(pixel_values.to(self.device, self.weight_dtype)).latent_dist
             eps = torch.randn(dist.mean.shape, generator=self.generator, device="cpu").to(dist.mean)
             lat = dist.mean + dist.std * eps
+        shift = getattr(self.vae.config, "shift_factor", None)
+        if shift:  # SD3's VAE centres its latents before scaling
+            lat = lat - shift
         return lat * self.vae.config.scaling_factor
 
     def add_noise(self, latents):
-        """Sample ε and t (from ``generator``) → (z_t, ε, t, target) with the scheduler's prediction type."""
+        """Sample ε and t (from ``generator``) → (z_t, ε, t, target) with the scheduler's prediction type
+        (flow-matching backbones: their own noising and velocity target)."""
         import torch
+
+        if self.backbone is not None and self.backbone.flow_matching:
+            return self.backbone.add_noise(latents, self.generator, self.noise_scheduler)
 
         noise = torch.randn(latents.shape, generator=self.generator, device="cpu").to(latents)
         t = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (latents.shape[0],),
@@ -89,6 +96,16 @@ class TrainContext:
         else:
             target = noise
         return noisy, noise, t, target
+
+    def predict_x0(self, noisy, pred, t):
+        """One-step x̂0 from z_t and the denoiser's output (ε / v on DDPM schedules; velocity under flow matching)."""
+        if self.backbone is not None and self.backbone.flow_matching:
+            return self.backbone.predict_x0(noisy, pred, t)
+        ac = self.noise_scheduler.alphas_cumprod.to(noisy.device).float()[t].view(-1, 1, 1, 1)
+        z, out = noisy.float(), pred.float()
+        if self.noise_scheduler.config.prediction_type == "v_prediction":
+            return ac.sqrt() * z - (1 - ac).sqrt() * out
+        return (z - (1 - ac).sqrt() * out) / ac.sqrt()
 
 
 @runtime_checkable

@@ -64,6 +64,25 @@ SDXL_SCHEDULER: dict[str, Any] = {
 }
 
 
+# stabilityai/stable-diffusion-3.5-medium: transformer (MMDiT-X), vae (16 latent channels), CLIP-L and CLIP-G with
+# projections, T5 v1.1 XXL encoder; flow matching with shift 3
+SD35M_TRANSFORMER: dict[str, Any] = {
+    "sample_size": 128, "patch_size": 2, "in_channels": 16, "out_channels": 16, "num_layers": 24,
+    "attention_head_dim": 64, "num_attention_heads": 24, "joint_attention_dim": 4096, "caption_projection_dim": 1536,
+    "pooled_projection_dim": 2048, "pos_embed_max_size": 384, "dual_attention_layers": tuple(range(13)),
+    "qk_norm": "rms_norm",
+}
+SD3_VAE: dict[str, Any] = {**SD_VAE, "sample_size": 1024, "latent_channels": 16, "scaling_factor": 1.5305,
+                           "shift_factor": 0.0609, "use_quant_conv": False, "use_post_quant_conv": False,
+                           "force_upcast": True}
+T5_XXL: dict[str, Any] = {
+    "vocab_size": 32128, "d_model": 4096, "d_kv": 64, "d_ff": 10240, "num_layers": 24, "num_heads": 64,
+    "relative_attention_num_buckets": 32, "relative_attention_max_distance": 128, "feed_forward_proj": "gated-gelu",
+    "dense_act_fn": "gelu_new", "is_gated_act": True, "layer_norm_epsilon": 1e-6,
+}
+SD3_SCHEDULER: dict[str, Any] = {"num_train_timesteps": 1000, "shift": 3.0}
+
+
 def _clip_text(cls, spec: dict[str, Any], tokenizer):
     from transformers import CLIPTextConfig
 
@@ -150,10 +169,44 @@ def build_sdxl_pipeline(seed: int = 0, width_divisor: int = 1, dtype=None):
                                      add_watermarker=False)
 
 
+def build_sd3_pipeline(seed: int = 0, dtype=None, with_t5: bool = False):
+    """SD3.5 Medium (MMDiT-X transformer, CLIP-L + CLIP-G with projections, VAE with 16 channels), random weights.
+
+    ``with_t5=False`` (default) leaves T5-XXL out: its 4.76B parameters (19 GB in fp32) do not fit a shared CPU
+    machine, and the pipeline then feeds zeros in T5's place, so step time and memory of the trained transformer
+    are unchanged except for the T5 forward itself (precomputed by most SD3 trainers anyway). The tokenizer for it
+    is the local T5 one either way.
+    """
+    import torch
+    from diffusers import (
+        AutoencoderKL,
+        FlowMatchEulerDiscreteScheduler,
+        SD3Transformer2DModel,
+        StableDiffusion3Pipeline,
+    )
+    from transformers import CLIPTextModelWithProjection, T5Config, T5EncoderModel
+
+    from spf_lib.models.t5_tokenizer import build_t5_tokenizer
+    from spf_lib.models.tokenizer import build_tokenizer
+
+    tok, tok2, tok3 = build_tokenizer(), build_tokenizer(), build_t5_tokenizer()
+    tok2.pad_token = "!"
+    with _default_dtype(dtype):
+        torch.manual_seed(seed)
+        transformer = SD3Transformer2DModel(**SD35M_TRANSFORMER)
+        vae = AutoencoderKL(**SD3_VAE)
+        te1 = _clip_text(CLIPTextModelWithProjection, CLIP_L_TEXT, tok)
+        te2 = _clip_text(CLIPTextModelWithProjection, CLIP_G_TEXT, tok2)
+        te3 = T5EncoderModel(T5Config(**T5_XXL)) if with_t5 else None
+    return StableDiffusion3Pipeline(transformer=transformer, vae=vae, text_encoder=te1, tokenizer=tok,
+                                    text_encoder_2=te2, tokenizer_2=tok2, text_encoder_3=te3, tokenizer_3=tok3,
+                                    scheduler=FlowMatchEulerDiscreteScheduler(**SD3_SCHEDULER))
+
+
 def build_architecture(arch: str, seed: int = 0, **kw):
     """The pipeline of ``arch`` (one of ARCHITECTURES) at its published size, random weights; ``kw`` go to its
     builder (``dtype``; SDXL: ``width_divisor``)."""
-    builders = {"sd15": build_sd15_pipeline, "sdxl": build_sdxl_pipeline}
+    builders = {"sd15": build_sd15_pipeline, "sdxl": build_sdxl_pipeline, "sd3": build_sd3_pipeline}
     if arch not in ARCHITECTURES:
         raise SpfError(f"model={arch!r}: expected one of {', '.join(ARCHITECTURES)}")
     if arch not in builders:

@@ -120,9 +120,87 @@ def install_capture(unet, patterns: list[str], store: AttentionStore | None = No
 
 
 def remove_capture(unet) -> None:
-    procs = {k: (p.fallback if isinstance(p, CaptureProcessor) else p) for k, p in unet.attn_processors.items()}
+    kinds = (CaptureProcessor, JointCaptureProcessor)
+    procs = {k: (p.fallback if isinstance(p, kinds) else p) for k, p in unet.attn_processors.items()}
     unet.set_attn_processor(procs)
 
 
 def captured_layers(unet) -> list[str]:
-    return [p.name for p in unet.attn_processors.values() if isinstance(p, CaptureProcessor)]
+    kinds = (CaptureProcessor, JointCaptureProcessor)
+    return [p.name for p in unet.attn_processors.values() if isinstance(p, kinds)]
+
+
+class JointCaptureProcessor:
+    """SD3's joint attention with the image→text block exposed: softmax over [image; text] keys computed explicitly,
+    the probabilities image queries give the first ``text_len`` text keys (the CLIP positions) renormalised to sum
+    to one per query — a cross-attention map over the 77 CLIP tokens, in the shape UNet capture records — and the
+    image queries (to_q output) for L_fine. Falls back to the layer's SDPA processor like ``CaptureProcessor``.
+
+    Renormalising is our choice (docs/method.md): raw joint probabilities also carry how much a query attends to
+    image keys at all, which changes with the image, not with the prompt's wording.
+    """
+
+    def __init__(self, name: str, store: AttentionStore, fallback: Any, text_len: int) -> None:
+        self.name = name
+        self.store = store
+        self.fallback = fallback
+        self.text_len = text_len
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, *args, **kw):
+        if not (self.store.explicit or self.store.mode) or encoder_hidden_states is None:
+            return self.fallback(attn, hidden_states, encoder_hidden_states, attention_mask, *args, **kw)
+        import torch
+
+        b, n, _ = hidden_states.shape
+        query_img = attn.to_q(hidden_states)
+        heads = attn.heads
+        d = query_img.shape[-1] // heads
+
+        def split(x):
+            return x.view(b, -1, heads, d).transpose(1, 2)
+
+        q, k, v = split(query_img), split(attn.to_k(hidden_states)), split(attn.to_v(hidden_states))
+        if attn.norm_q is not None:
+            q = attn.norm_q(q)
+        if attn.norm_k is not None:
+            k = attn.norm_k(k)
+        cq, ck = split(attn.add_q_proj(encoder_hidden_states)), split(attn.add_k_proj(encoder_hidden_states))
+        cv = split(attn.add_v_proj(encoder_hidden_states))
+        if attn.norm_added_q is not None:
+            cq = attn.norm_added_q(cq)
+        if attn.norm_added_k is not None:
+            ck = attn.norm_added_k(ck)
+        q, k, v = torch.cat([q, cq], 2), torch.cat([k, ck], 2), torch.cat([v, cv], 2)
+        probs = torch.softmax((q @ k.transpose(-1, -2)) * attn.scale, dim=-1)
+        out = (probs @ v).transpose(1, 2).reshape(b, -1, heads * d).to(q.dtype)
+        if self.store.mode is not None:
+            block = probs[:, :, :n, n:n + self.text_len]
+            self.store.record(self.name, block / block.sum(-1, keepdim=True).clamp_min(1e-12), query_img, n)
+        img, txt = out[:, :n], out[:, n:]
+        if not attn.context_pre_only:
+            txt = attn.to_add_out(txt)
+        img = attn.to_out[1](attn.to_out[0](img))
+        return img, txt
+
+
+def install_joint_capture(transformer, patterns: list[str], text_len: int = 77,
+                          store: AttentionStore | None = None) -> AttentionStore:
+    """CaptureProcessor's counterpart on an SD3 transformer: the joint attention ``transformer_blocks.N.attn`` plays
+    the role of a UNet's ``attn2``, so a pattern ending in ``attn2`` (the default ``*attn2``) selects it; SD3.5's
+    image-only ``attn2`` holds no text and is never captured."""
+    from spf_lib.errors import SpfError
+
+    store = store or AttentionStore()
+    pats = [p[:-1] if p.endswith("attn2") else p for p in patterns]
+    procs = dict(transformer.attn_processors)
+    chosen = []
+    for key, proc in procs.items():
+        module = key.removesuffix(".processor")
+        if module.endswith(".attn") and any(fnmatch.fnmatchcase(module, p) for p in pats):
+            procs[key] = JointCaptureProcessor(module, store, proc, text_len)
+            chosen.append(module)
+    if not chosen:
+        names = [k.removesuffix(".processor") for k in procs if k.endswith(".attn.processor")]
+        raise SpfError(f"spf.capture_layers={patterns!r}: matches no joint-attention layer; e.g. {names[:2]}")
+    transformer.set_attn_processor(procs)
+    return store

@@ -8,6 +8,8 @@ three encoders and its flow-matching noise would live, instead of ``if sdxl`` br
 - ``sd``: StableDiffusionPipeline (SD 1.x/2.x): UNet, one CLIP text encoder, ε/v prediction on a DDPM schedule.
 - ``sdxl``: StableDiffusionXLPipeline: UNet with text_time added conditioning, CLIP-L + CLIP-G (penultimate hidden
   states concatenated along features: the 77 token positions are shared, so one token map serves both tokenizers).
+- ``sd3``: StableDiffusion3Pipeline: an MMDiT transformer (joint attention over image and text tokens), CLIP-L +
+  CLIP-G (77 positions, as SDXL) followed by T5's tokens on the text axis, a pooled CLIP embedding, flow matching.
 """
 
 from __future__ import annotations
@@ -55,6 +57,7 @@ class SdBackbone:
     kind = "sd"
     denoiser_name = "unet"
     text_encoder_names: tuple[str, ...] = ("text_encoder",)
+    flow_matching = False
 
     def __init__(self, pipe) -> None:
         self.pipe = pipe
@@ -87,6 +90,23 @@ class SdBackbone:
 
     def denoise(self, noisy, t, cond: Conditioning):
         return self.denoiser(noisy, t, encoder_hidden_states=cond.hidden, return_dict=False)[0]
+
+    def lora_weights_for_save(self, peft_state: dict) -> dict:
+        """peft's LoRA keys → what this pipeline's ``load_lora_weights`` reads (UNets: diffusers' own names, as
+        diffusers' SD/SDXL LoRA scripts write them)."""
+        from diffusers.utils import convert_state_dict_to_diffusers
+
+        return convert_state_dict_to_diffusers(peft_state)
+
+    def training_scheduler(self):
+        from diffusers import DDPMScheduler
+
+        return DDPMScheduler.from_config(self.pipe.scheduler.config)
+
+    def install_capture(self, patterns: list[str]):
+        from spf_lib.models.attention import install_capture
+
+        return install_capture(self.denoiser, patterns)
 
     @staticmethod
     def lora_target(target_modules: list[str], cross_attention_only: bool) -> list[str] | str:
@@ -124,7 +144,85 @@ class SdxlBackbone(SdBackbone):
                              added_cond_kwargs={"text_embeds": cond.pooled, "time_ids": cond.time_ids})[0]
 
 
-BACKBONES = {"sd": SdBackbone, "sdxl": SdxlBackbone}
+# SD3's joint attention pairs each image projection with a text one; adapting a name adapts both halves
+SD3_TEXT_SIDE = {"to_q": "add_q_proj", "to_k": "add_k_proj", "to_v": "add_v_proj", "to_out.0": "to_add_out"}
+
+
+class Sd3Backbone(SdBackbone):
+    """SD3 / SD3.5: the transformer is the denoiser; the reference path is the same transformer with adapters off
+    (as PureCC's ``disable_adapter()``); the target is the flow-matching velocity ε − x0 at σ from the scheduler's
+    shifted schedule, timesteps drawn logit-normal (SD3's default, PureCC's too)."""
+
+    kind = "sd3"
+    denoiser_name = "transformer"
+    text_encoder_names = ("text_encoder", "text_encoder_2", "text_encoder_3")
+    flow_matching = True
+
+    def encode(self, texts: list[str], *, device, resolution: int) -> Conditioning:
+        import torch
+
+        texts = list(texts)
+        with torch.no_grad():
+            hidden, _, pooled, _ = self.pipe.encode_prompt(texts, texts, texts, device=device,
+                                                           num_images_per_prompt=1,
+                                                           do_classifier_free_guidance=False)
+        return Conditioning(hidden, pooled)
+
+    def pooled_text(self, texts: list[str], *, device):
+        import torch
+
+        with torch.no_grad():  # CLIPTextModelWithProjection: text_embeds first
+            return self.pipe.text_encoder(self.tokenize(texts, device))[0]
+
+    def denoise(self, noisy, t, cond: Conditioning):
+        return self.denoiser(hidden_states=noisy, timestep=t, encoder_hidden_states=cond.hidden,
+                             pooled_projections=cond.pooled, return_dict=False)[0]
+
+    def lora_weights_for_save(self, peft_state: dict) -> dict:
+        """SD3's loader reads peft's own keys (diffusers' SD3 LoRA script saves them unconverted); converted
+        ``lora.down`` names would be dropped on load for every image-side projection."""
+        return dict(peft_state)
+
+    def training_scheduler(self):
+        from diffusers import FlowMatchEulerDiscreteScheduler
+
+        return FlowMatchEulerDiscreteScheduler.from_config(self.pipe.scheduler.config)
+
+    def add_noise(self, latents, generator, scheduler):
+        """(z_t, ε, t, target) for flow matching: z_t = (1 − σ) x0 + σ ε, target = ε − x0, t = σ · 1000."""
+        import torch
+
+        b = latents.shape[0]
+        u = torch.sigmoid(torch.randn(b, generator=generator))
+        idx = (u * scheduler.config.num_train_timesteps).long().clamp_(max=len(scheduler.sigmas) - 2)
+        sigma = scheduler.sigmas[idx].to(latents).view(-1, 1, 1, 1)
+        noise = torch.randn(latents.shape, generator=generator, device="cpu").to(latents)
+        noisy = (1 - sigma) * latents + sigma * noise
+        return noisy, noise, scheduler.timesteps[idx].to(latents.device), noise - latents
+
+    def predict_x0(self, noisy, pred, t):
+        sigma = (t.float() / 1000).view(-1, 1, 1, 1).to(noisy.device)
+        return noisy.float() - sigma * pred.float()
+
+    def install_capture(self, patterns: list[str]):
+        from spf_lib.models.attention import install_joint_capture
+
+        return install_joint_capture(self.denoiser, patterns, text_len=int(self.pipe.tokenizer.model_max_length))
+
+    @staticmethod
+    def lora_target(target_modules: list[str], cross_attention_only: bool) -> list[str] | str:
+        """Each named projection and its text-side twin; ``cross_attention_only`` = the joint attention of each
+        block (``transformer_blocks.N.attn``: image↔text), not SD3.5's image-only ``attn2``."""
+        import re
+
+        names = list(dict.fromkeys([*target_modules, *(SD3_TEXT_SIDE[m] for m in target_modules
+                                                          if m in SD3_TEXT_SIDE)]))
+        if not cross_attention_only:
+            return names
+        return rf".*transformer_blocks\.\d+\.attn\.({'|'.join(re.escape(m) for m in names)})"
+
+
+BACKBONES = {"sd": SdBackbone, "sdxl": SdxlBackbone, "sd3": Sd3Backbone}
 
 
 def pipeline_kind(pipe) -> str:

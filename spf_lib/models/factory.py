@@ -29,12 +29,13 @@ class TinySDConfig:
     text_heads: int = 4
     max_text_length: int = 77
     # "sd": StableDiffusionPipeline; "sdxl": StableDiffusionXLPipeline (two text encoders of width text_hidden,
-    # so the UNet's cross_attention_dim is 2 x text_hidden; text_time added conditioning)
+    # so the UNet's cross_attention_dim is 2 x text_hidden; text_time added conditioning); "sd3":
+    # StableDiffusion3Pipeline (an SD3.5-style MMDiT of 2 joint blocks, CLIP-L/G with projections, a T5 encoder)
     arch: str = "sd"
 
     def __post_init__(self) -> None:
-        if self.arch not in ("sd", "sdxl"):
-            raise SpfError(f"TinySDConfig.arch={self.arch!r}: expected 'sd' or 'sdxl'")
+        if self.arch not in ("sd", "sdxl", "sd3"):
+            raise SpfError(f"TinySDConfig.arch={self.arch!r}: expected 'sd', 'sdxl' or 'sd3'")
         factor = 2 ** (len(self.vae_channels) - 1)
         if self.resolution % (factor * 2 ** (len(self.unet_channels) - 1)) != 0:
             raise SpfError(
@@ -128,9 +129,61 @@ def build_tiny_components(cfg: TinySDConfig | None = None, seed: int = 0) -> dic
     }
 
 
+def build_tiny_sd3_components(cfg: TinySDConfig, seed: int = 0) -> dict:
+    """An SD3.5-shaped pipeline in small: joint (MMDiT) blocks with qk RMS-norm, the first with SD3.5's extra
+    image self-attention; three text encoders; flow matching; a VAE with SD3's shift and scale."""
+    import torch
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection, T5Config, T5EncoderModel
+
+    from spf_lib.models.t5_tokenizer import build_t5_tokenizer
+    from spf_lib.models.tokenizer import build_tokenizer
+
+    tok, tok2, tok3 = build_tokenizer(cfg.max_text_length), build_tokenizer(cfg.max_text_length), build_t5_tokenizer()
+    tok2.pad_token = "!"
+    h = cfg.text_hidden
+    torch.manual_seed(seed)
+    transformer = SD3Transformer2DModel(
+        sample_size=cfg.latent_size, patch_size=2, in_channels=cfg.latent_channels, out_channels=cfg.latent_channels,
+        num_layers=2, attention_head_dim=cfg.attention_head_dim, num_attention_heads=4, joint_attention_dim=2 * h,
+        caption_projection_dim=4 * cfg.attention_head_dim, pooled_projection_dim=2 * h, pos_embed_max_size=32,
+        dual_attention_layers=(0,), qk_norm="rms_norm",
+    )
+    torch.manual_seed(seed + 1)
+    m = len(cfg.vae_channels)
+    vae = AutoencoderKL(
+        in_channels=3, out_channels=3, block_out_channels=tuple(cfg.vae_channels),
+        down_block_types=("DownEncoderBlock2D",) * m, up_block_types=("UpDecoderBlock2D",) * m,
+        latent_channels=cfg.latent_channels, norm_num_groups=min(32, min(cfg.vae_channels)),
+        sample_size=cfg.resolution, scaling_factor=1.5305, shift_factor=0.0609, use_quant_conv=False,
+        use_post_quant_conv=False,
+    )
+
+    def clip(t, s):
+        torch.manual_seed(s)
+        return CLIPTextModelWithProjection(CLIPTextConfig(
+            vocab_size=len(t), hidden_size=h, intermediate_size=h * 4, num_hidden_layers=cfg.text_layers,
+            num_attention_heads=cfg.text_heads, max_position_embeddings=cfg.max_text_length, projection_dim=h,
+            bos_token_id=t.bos_token_id, eos_token_id=t.eos_token_id, pad_token_id=t.pad_token_id))
+
+    te1, te2 = clip(tok, seed + 2), clip(tok2, seed + 3)
+    torch.manual_seed(seed + 4)
+    te3 = T5EncoderModel(T5Config(vocab_size=len(tok3), d_model=2 * h, d_kv=8, d_ff=4 * h, num_layers=cfg.text_layers,
+                                  num_heads=8, relative_attention_num_buckets=8, feed_forward_proj="gated-gelu",
+                                  pad_token_id=tok3.pad_token_id, eos_token_id=tok3.eos_token_id,
+                                  decoder_start_token_id=tok3.pad_token_id))
+    return {"transformer": transformer, "vae": vae, "text_encoder": te1, "tokenizer": tok, "text_encoder_2": te2,
+            "tokenizer_2": tok2, "text_encoder_3": te3, "tokenizer_3": tok3,
+            "scheduler": FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0)}
+
+
 def build_tiny_pipeline(cfg: TinySDConfig | None = None, seed: int = 0):
-    """StableDiffusionPipeline, or StableDiffusionXLPipeline for ``cfg.arch == 'sdxl'``."""
+    """StableDiffusionPipeline, or the SDXL / SD3 pipeline for ``cfg.arch``."""
     cfg = cfg or TinySDConfig()
+    if cfg.arch == "sd3":
+        from diffusers import StableDiffusion3Pipeline
+
+        return StableDiffusion3Pipeline(**build_tiny_sd3_components(cfg, seed))
     if cfg.arch == "sdxl":
         from diffusers import StableDiffusionXLPipeline
 

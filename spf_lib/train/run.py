@@ -51,8 +51,6 @@ class Trainer:
         """``pipe``: an already built SD / SDXL pipeline (benchmarks and tests on a random-init published
         architecture); default: ``load_pipeline(cfg.base_model)``."""
         import torch
-        from diffusers import DDPMScheduler
-
         from spf_lib.methods.base import TrainContext, get_method
         from spf_lib.models.backbone import backbone_for
         from spf_lib.models.loading import load_pipeline
@@ -84,7 +82,7 @@ class Trainer:
                 m.eval()
         self.ctx = TrainContext(
             cfg=cfg, pipe=pipe, unet=backbone.denoiser, vae=pipe.vae, text_encoder=pipe.text_encoder,
-            tokenizer=pipe.tokenizer, noise_scheduler=DDPMScheduler.from_config(pipe.scheduler.config),
+            tokenizer=pipe.tokenizer, noise_scheduler=backbone.training_scheduler(),
             accelerator=self.accelerator, device=torch.device(device), weight_dtype=weight_dtype,
             generator=torch.Generator(device="cpu").manual_seed(cfg.seed), extras={"examples": examples},
             backbone=backbone,

@@ -120,9 +120,7 @@ class LoraMethod:
         return text
 
     def save_adapter(self, ctx: TrainContext, out_dir: Path) -> dict:
-        from diffusers.utils import convert_state_dict_to_diffusers
-
-        sd = convert_state_dict_to_diffusers(self.state_dict())
+        sd = ctx.backbone.lora_weights_for_save(self.state_dict())
         meta = self.unet.peft_config[ADAPTER_NAME].to_dict()
         name = ctx.backbone.denoiser_name  # the pipeline class's own writer: SD, SDXL and SD3 key prefixes differ
         type(ctx.pipe).save_lora_weights(

@@ -34,12 +34,11 @@ class SpfMethod(LoraMethod):
     def setup(self, ctx: TrainContext) -> list:
         from spf_lib.methods.spf.embedder import build_embedder
         from spf_lib.methods.spf.tokens import TokenMapper
-        from spf_lib.models.attention import install_capture
 
         params = super().setup(ctx)
         o = self.o
         if o.use_text or o.use_fine or o.use_sfcm:
-            self.store = install_capture(ctx.unet, o.capture_layers)
+            self.store = ctx.backbone.install_capture(o.capture_layers)
             self.store.keep_probs = o.use_text or o.use_sfcm
             self.store.keep_query = o.use_fine
         self.mapper = TokenMapper(ctx.tokenizer)
@@ -275,9 +274,9 @@ class SpfMethod(LoraMethod):
         if not bool(valid.any()):
             return eps_res.sum() * 0.0
         emb = self.embedder
-        x0_res = L.predict_x0(noisy, eps_res, t, ctx.noise_scheduler)
+        x0_res = ctx.predict_x0(noisy, eps_res, t)
         with torch.no_grad():
-            x0_ref = L.predict_x0(noisy, eps_ref, t, ctx.noise_scheduler)
+            x0_ref = ctx.predict_x0(noisy, eps_ref, t)
             e_ref = emb.embed_latents(x0_ref, ctx.vae)
             if self.enh_direction == "text":
                 direction = emb.text_direction(batch["base_text"], batch["caption"])
