@@ -90,16 +90,13 @@ PIPELINE_CLASSES = ("StableDiffusionPipeline", "StableDiffusionXLPipeline", "Sta
 
 def pipeline_class(path: str, ref: str, local: bool) -> str:
     """The pipeline class a model declares in its model_index.json (read before loading any weights)."""
-    import json
-
     if local:
+        from spf_lib.io import read_json_object
+
         index = Path(path) / "model_index.json"
         if not index.is_file():
             raise SpfError(f"base model {ref}: no model_index.json; not a diffusers pipeline folder")
-        try:
-            name = json.loads(index.read_text(encoding="utf-8")).get("_class_name")
-        except (ValueError, AttributeError) as e:
-            raise SpfError(f"base model {ref}: model_index.json is not a JSON object ({e})") from None
+        name = read_json_object(index, label=f"base model {ref}: model_index.json").get("_class_name")
     else:
         from diffusers import DiffusionPipeline
 
@@ -108,7 +105,7 @@ def pipeline_class(path: str, ref: str, local: bool) -> str:
         except OSError as e:
             raise SpfError(f"base model {ref}: cannot load ({str(e).splitlines()[0]})") from e
     if name not in PIPELINE_CLASSES:
-        raise SpfError(f"base model {ref}: model_index.json _class_name={name!r}; expected one of "
+        raise SpfError(f"base model {ref}: cannot load _class_name={name!r} (model_index.json); expected one of "
                        f"{', '.join(PIPELINE_CLASSES)}")
     return name
 
