@@ -50,12 +50,12 @@ def model_resolution(model_dir: str | Path) -> int:
 
 
 # ``--base-model`` names that build a tiny random model of that architecture here instead of naming a model
-TINY_BASES = {"tiny-sd": "sd", "tiny-sdxl": "sdxl"}
+TINY_BASES = {"tiny-sd": "sd", "tiny-sdxl": "sdxl", "tiny-sd3": "sd3"}
 
 
 def ensure_base_model(root: Path, base_model: str | None) -> str:
-    """The user's model if given (``tiny-sd`` / ``tiny-sdxl``: a tiny random one of that architecture, built here);
-    else the committed small-world model; else a tiny random SD one built here."""
+    """The user's model if given (``tiny-sd`` / ``tiny-sdxl`` / ``tiny-sd3``: a tiny random one of that
+    architecture, built here); else the committed small-world model; else a tiny random SD one built here."""
     if base_model and (base_model not in TINY_BASES or Path(base_model).exists()):
         return base_model
     if not base_model and (WORLD_BASE / "model_index.json").is_file():

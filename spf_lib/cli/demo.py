@@ -26,7 +26,8 @@ def demo(
     eval_prompts: Annotated[int, typer.Option(min=1, help="evaluation prompts per kind (base, target)")] = 8,
     eval_seeds: Annotated[int, typer.Option(min=1, help="seeds per evaluation prompt")] = 3,
     base_model: Annotated[str | None, typer.Option(
-        help="use this base model instead of the built-in one; tiny-sd | tiny-sdxl: a tiny random one built here",
+        help="use this base model instead of the built-in one; tiny-sd | tiny-sdxl | tiny-sd3: a tiny random one "
+             "of that architecture built here",
     )] = None,
     rules: Annotated[Path | None, typer.Option(help="gate rules file (YAML/JSON) instead of the demo's")] = None,
     promote: Annotated[bool, typer.Option(help="run the promotion gate (--no-promote: the new version waits as "
