@@ -131,3 +131,16 @@ def test_spf_on_sd3_trains_generates_and_registers(sd3, spf_run, embedded):
                         model_name="portrait-sd3")
     png = generate(f"models:/portrait-sd3@{rv.aliases[0]}")
     assert Image.open(io.BytesIO(png)).size == (64, 64)
+
+
+def test_demo_builds_a_tiny_base_of_the_named_architecture(tmp_path, monkeypatch):
+    import json
+
+    from spf_lib.demo import ensure_base_model
+
+    got = ensure_base_model(tmp_path, "tiny-sd3")
+    assert json.loads((Path(got) / "model_index.json").read_text())["_class_name"] == "StableDiffusion3Pipeline"
+    assert ensure_base_model(tmp_path, "tiny-sd3") == got  # built once
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "tiny-sdxl").mkdir()  # a folder of that name is the user's model, not a request to build one
+    assert ensure_base_model(tmp_path / "ws", "tiny-sdxl") == "tiny-sdxl"
