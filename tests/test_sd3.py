@@ -102,6 +102,7 @@ def test_joint_capture_matches_sdpa_and_covers_every_joint_layer(sd3, tmp_path):
     assert set(m.store.maps["res"]) == set(maps)
 
 
+@pytest.mark.slow
 def test_spf_on_sd3_trains_generates_and_registers(sd3, spf_run, embedded):
     import io
 

@@ -102,6 +102,7 @@ def test_spf_paths_get_the_same_kind_of_conditioning(xl, tmp_path):
     assert len(tr.method.store.maps["ref"]) == 8
 
 
+@pytest.mark.slow
 def test_spf_on_sdxl_trains_and_the_adapter_generates(xl, spf_run):
     import numpy as np
 
@@ -161,6 +162,7 @@ def test_sdxl_from_s3(xl, tmp_path, monkeypatch):
         server.stop()
 
 
+@pytest.mark.slow
 def test_sdxl_spf_adapter_registers_and_loads_back_by_alias(xl, spf_run, embedded):
     """MLflow's diffusers flavor on an SDXL base: the adapter is logged against the SDXL folder, the registry
     hands it back by alias, and its pyfunc builds a StableDiffusionXLPipeline and generates."""
