@@ -1,7 +1,7 @@
 """KFP component: original vs tuned on fixed prompts and seeds; ID, CLIP and pollution scores; HTML report."""
 
 from kfp import dsl
-from kfp.dsl import HTML, Artifact, Input, Metrics, Model, Output
+from kfp.dsl import HTML, Artifact, Dataset, Input, Metrics, Model, Output
 
 from components._common import GPU_IMAGE
 
@@ -9,6 +9,7 @@ from components._common import GPU_IMAGE
 @dsl.component(base_image=GPU_IMAGE, install_kfp_package=False)
 def evaluate_model(
     model: Input[Model],
+    prepared: Input[Dataset],
     base_model: str,
     eval_config: dict,
     evaluation: Output[Artifact],
@@ -23,8 +24,9 @@ def evaluate_model(
 
     quiet_third_parties()
     adapter_dir = Path(model.path) / "adapter"
+    # prepared: the identity methods' reference faces (its crops) travel from the prepare task
     evaluate_stage(adapter_dir, base_model, eval_config, evaluation.path,
-                   mlflow_run_id=model.metadata.get("mlflow_run_id") or None)
+                   mlflow_run_id=model.metadata.get("mlflow_run_id") or None, prepared_dir=prepared.path)
     metrics = json.loads((Path(evaluation.path) / "metrics.json").read_text())
     for key, value in metrics.items():
         if isinstance(value, (int, float)) and not isinstance(value, bool):

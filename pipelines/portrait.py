@@ -84,7 +84,8 @@ def portrait_pipeline(
     train.set_display_name("train adapter")
     platform.configure_train(train, params)
 
-    ev = evaluate_model(model=train.outputs["model"], base_model=base_model, eval_config=eval_config)
+    ev = evaluate_model(model=train.outputs["model"], prepared=prep.outputs["prepared"], base_model=base_model,
+                        eval_config=eval_config)
     ev.set_display_name("evaluate vs original")
     platform.configure_evaluate(ev, params)
 

@@ -201,4 +201,11 @@ def demo_configs(resolution: int, steps: int, method: str, clip_model: str | Non
         rules = {"rules": [{"metric": "pollution", "better": "lower", "epsilon": 0.01, "bound": 0.5}]
                  + ([{"metric": "clip_t_gain", "better": "higher", "bound": TARGET_CLIP_GAIN_FLOOR}]
                     if clip_model else [])}
+    if method in ("celeb-basis", "beyond-inserting"):
+        # the target is the learned person, not the glasses: the identity eval set (trigger prompts) and gate
+        # (similarity to the prepared faces, spf_lib/eval/identity.py)
+        from spf_lib.eval.identity import identity_gate_rules
+
+        evaluate.pop("eval_set", None)
+        rules = identity_gate_rules()
     return {"prepare_config": prepare, "train_config": train, "eval_config": evaluate, "gate_rules": rules}

@@ -159,15 +159,22 @@ def train_stage(data_dir: str | Path, base_model: str, method: str, config_json:
 
 
 def evaluate_stage(adapter_dir: str | Path, base_model: str, config_json: str, out_dir: str | Path,
-                   mlflow_run_id: str | None = None) -> dict:
+                   mlflow_run_id: str | None = None, prepared_dir: str | Path | None = None) -> dict:
     """Generate original vs tuned on fixed prompts and seeds; compute ID, CLIP and pollution scores.
 
     With ``mlflow_run_id`` (the pipeline's branch run from training) grids, table, metrics and report go there, and
-    the branch run is marked ended (registration, when it follows, logs into it and ends it again)."""
+    the branch run is marked ended (registration, when it follows, logs into it and ends it again).
+    ``prepared_dir`` (the prepare task's dataset): for identity methods its face crops are the reference person
+    unless the config names ``reference_faces_dir``, so a pipeline run measures whether the person was learned."""
     from spf_lib.eval.config import EvalConfig
+    from spf_lib.eval.identity import adapter_trigger
     from spf_lib.eval.run import evaluate
+    from spf_lib.methods import read_adapter_info
 
     overrides = parse_json_arg(config_json, "eval_config")
+    if prepared_dir is not None and not overrides.get("reference_faces_dir") \
+            and adapter_trigger(read_adapter_info(adapter_dir)) is not None:
+        overrides["reference_faces_dir"] = str(prepared_dir)
     overrides.update({"base_model": base_model, "adapter_dir": str(adapter_dir), "output_dir": str(out_dir)})
     if mlflow_run_id:
         overrides["mlflow_run_id"] = mlflow_run_id
@@ -247,7 +254,16 @@ def register_stage(adapter_dir: str | Path, eval_dir: str | Path | None, base_mo
     if eval_dir and (Path(eval_dir) / "metrics.json").is_file():
         metrics, eval_lineage = split_metrics(json.loads((Path(eval_dir) / "metrics.json").read_text()))
         lineage = {**lineage, **eval_lineage}
-    rules = _build(GateRules, **parse_json_arg(gate_json, "gate_rules")) if promote else None
+    rules = None
+    if promote:
+        raw = parse_json_arg(gate_json, "gate_rules")
+        if not raw:   # identity methods are judged on the person too (spf_lib/eval/identity.py)
+            from spf_lib.eval.identity import adapter_trigger, identity_gate_rules
+            from spf_lib.methods import read_adapter_info
+
+            if adapter_trigger(read_adapter_info(adapter_dir)) is not None:
+                raw = identity_gate_rules()
+        rules = _build(GateRules, **raw)
     version = register_model(adapter_dir, base_model, metrics=metrics, lineage=lineage, model_name=model_name,
                              eval_dir=eval_dir, run_id=run_id or None,
                              gate_metrics=[r.metric for r in rules.rules] if rules else ())

@@ -170,7 +170,8 @@ def test_official_init_is_equal_linear_and_torch_init_is_not():
     off = CelebBasisMLP(512, basis, init="official")
     torch.manual_seed(0)
     tor = CelebBasisMLP(512, basis, init="torch")
-    assert abs(float(off.linear.weight.detach().std()) - 1.0) < 0.02 and float(off.linear.bias.detach().abs().max()) == 0.0
+    assert abs(float(off.linear.weight.detach().std()) - 1.0) < 0.02
+    assert float(off.linear.bias.detach().abs().max()) == 0.0
     assert float(tor.linear.weight.detach().abs().max()) <= 1 / 512 ** 0.5 + 1e-6
     face = torch.nn.functional.normalize(torch.randn(3, 512), dim=1)
     scaled = CelebBasisMLP(512, basis, init="official", lr_mul=0.1)

@@ -48,6 +48,11 @@ def test_pipeline_runs_end_to_end_and_model_loads_by_alias(workspace, method, mo
     assert client.get_model_version_by_alias(name, alias).version == version.version
     assert version.tags.get("data_rev") == workspace.data_rev
     assert version.tags.get("method") == method
+    if method in ("celeb-basis", "beyond-inserting"):
+        # the prepared faces travelled to the evaluation: identity similarity to them is on the version
+        assert float(version.tags["metric.id_ref_faces"]) >= 1
+        assert "id_ref_sim" in out["metrics"] and "metric.id_ref_sim" in version.tags
+        assert {"id_ref_sim", "id_ref_gain"} <= {c["metric"] for c in promo["checks"]}   # the identity gate ran
 
     model = mlflow.pyfunc.load_model(f"models:/{name}@{alias}")
     res = workspace.resolution

@@ -32,6 +32,9 @@ class EvalConfig:
     reference_faces_dir: str | Path | None = None
     #: "dlib" (shipped models) or a path to an ArcFace/CosFace-style ONNX file (112x112 RGB in, embedding out).
     face_encoder: str = "dlib"
+    #: Reference similarity: images whose short side is below this are upscaled before face detection (dlib's HOG
+    #: detector needs faces of ~80 px; 64-px generations hold ~30-px faces). 0 = analyse at native size.
+    id_min_size: int = 256
     #: ONNX LPIPS model (two images in [-1, 1], NCHW → distance); None → lpips unavailable.
     lpips_model: str | None = None
     #: ONNX image feature extractor for FID (NCHW in [0, 1] → features); None → fid unavailable.
@@ -67,7 +70,7 @@ class EvalConfig:
             self.reference_faces_dir = Path(self.reference_faces_dir)
         if self.probes is not None and not (Path(self.probes) / "probes.json").is_file():
             raise SpfError(f"EvalConfig.probes={self.probes!r}: no probes.json there; give a probes folder or null")
-        for name, lo in (("num_inference_steps", 1), ("batch_size", 1)):
+        for name, lo in (("num_inference_steps", 1), ("batch_size", 1), ("id_min_size", 0)):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < lo:
                 raise SpfError(f"EvalConfig.{name}={v!r}: expected an integer >= {lo}")

@@ -57,12 +57,15 @@ def structural(state: MetricState, base: list[EvalItem], target: list[EvalItem],
     state.drifts["pixel"] = state.metrics["pixel_mae"]
 
 
+REF_NAMES = ["id_ref_sim", "id_ref_sim_original", "id_ref_gain", "id_ref_face_rate"]
+
+
 def identity(state: MetricState, base: list[EvalItem], target: list[EvalItem], orig: dict, tuned: dict,
-             encoder: str, reference_dir: Path | None) -> None:
+             encoder: str, reference_dir: Path | None, *, trigger: str | None = None, min_size: int = 0) -> None:
     """ID similarity original vs tuned (base and target prompts) and, with reference photos, tuned vs reference."""
     from spf_lib.eval.faces import FaceAnalyzer
 
-    names = ["id_sim", "id_l2", "id_raw_cos", "id_sim_target", "id_ref_sim"]
+    names = ["id_sim", "id_l2", "id_raw_cos", "id_sim_target", *REF_NAMES]
     try:
         fa = FaceAnalyzer(encoder)
     except Exception as e:  # noqa: BLE001 - dlib/onnxruntime missing or a bad model file → unavailable
@@ -116,47 +119,78 @@ def identity(state: MetricState, base: list[EvalItem], target: list[EvalItem], o
     state.drifts["identity"] = float(np.mean(base_drifts)) if base_drifts else None
     if not base_drifts:
         state.unavailable.setdefault("pollution_identity", "no face detected in any original base-prompt image")
-    _reference(state, fa, target, tuned, reference_dir)
+    _reference(state, fa, target, orig, tuned, reference_dir, trigger, min_size)
 
 
-def _reference(state: MetricState, fa: Any, target: list[EvalItem], tuned: dict, reference_dir: Path | None) -> None:
+def _reference(state: MetricState, fa: Any, target: list[EvalItem], orig: dict, tuned: dict,
+               reference_dir: Path | None, trigger: str | None, min_size: int) -> None:
+    """Tuned (and, as the baseline, original) target-prompt images vs the reference person's faces.
+
+    Images smaller than ``min_size`` are upscaled before detection (see spf_lib/eval/identity.py for why).
+    ``id_ref_gain`` = tuned - original: how much more the trigger prompt shows the person after training.
+    """
     if reference_dir is None:
-        state.mark_unavailable(["id_ref_sim"], "no reference_faces_dir configured")
+        state.mark_unavailable(REF_NAMES, "no reference_faces_dir configured")
         return
     from PIL import Image
 
-    files = sorted(p for p in Path(reference_dir).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES) \
-        if Path(reference_dir).is_dir() else []
-    refs = [r.embedding for r in (fa.analyze(Image.open(p).convert("RGB")) for p in files) if r.embedding is not None]
-    state.metrics["id_ref_faces"] = float(len(refs))
-    if not refs:
-        state.mark_unavailable(["id_ref_sim"], f"no face found in reference_faces_dir {reference_dir} "
-                                               f"({len(files)} image files)")
-        return
-    scores = []
-    for it in target:
-        r = fa.analyze(tuned[it.key])
+    from spf_lib.eval.identity import reference_files, upscale
+
+    files = reference_files(reference_dir, trigger)
+    refs = []
+    for p in files:
+        with Image.open(p) as im:
+            r = fa.analyze(upscale(im, min_size))
         if r.embedding is not None:
-            s = float(np.mean([fa.encoder.compare(r.embedding, ref)["score"] for ref in refs]))
-            state.pairs[it.key]["id_ref_sim"] = s
-            scores.append(s)
-    if scores:
-        state.metrics["id_ref_sim"] = float(np.mean(scores))
+            refs.append(r.embedding)
+    state.metrics["id_ref_faces"] = float(len(refs))
+    state.metrics["id_analysis_min_size"] = float(min_size)
+    if not refs:
+        state.mark_unavailable(REF_NAMES, f"no face found in the reference faces at {reference_dir} "
+                                          f"({len(files)} image files, analysed at >= {min_size} px)")
+        return
+
+    def sims(images: dict, key: str) -> list[float]:
+        out = []
+        for it in target:
+            r = fa.analyze(upscale(images[it.key], min_size))
+            if r.embedding is not None:
+                s = float(np.mean([fa.encoder.compare(r.embedding, ref)["score"] for ref in refs]))
+                state.pairs[it.key][key] = s
+                out.append(s)
+        return out
+
+    tuned_s, orig_s = sims(tuned, "id_ref_sim"), sims(orig, "id_ref_sim_original")
+    state.metrics["id_ref_face_rate"] = len(tuned_s) / max(len(target), 1)
+    if tuned_s:
+        state.metrics["id_ref_sim"] = float(np.mean(tuned_s))
     else:
-        state.mark_unavailable(["id_ref_sim"], "no face detected in any tuned target-prompt image")
+        state.mark_unavailable(["id_ref_sim", "id_ref_gain"], "no face detected in any tuned target-prompt image "
+                                                              f"(analysed at >= {min_size} px)")
+    if orig_s:
+        state.metrics["id_ref_sim_original"] = float(np.mean(orig_s))
+    else:
+        state.mark_unavailable(["id_ref_sim_original", "id_ref_gain"],
+                               "no face detected in any original target-prompt image")
+    if tuned_s and orig_s:
+        state.metrics["id_ref_gain"] = state.metrics["id_ref_sim"] - state.metrics["id_ref_sim_original"]
 
 
 def clip_scores(state: MetricState, base: list[EvalItem], target: list[EvalItem], orig: dict, tuned: dict,
-                scorer: Any | None, reason: str | None) -> None:
-    """CLIP-T on target prompts (tuned and original, and the gain) and CLIP-I original vs tuned."""
+                scorer: Any | None, reason: str | None, text_fn: Any = None) -> None:
+    """CLIP-T on target prompts (tuned and original, and the gain) and CLIP-I original vs tuned.
+
+    ``text_fn`` maps a prompt to the text CLIP scores (identity methods: the class noun in place of the trigger).
+    """
     names = ["clip_t", "clip_t_original", "clip_t_gain", "clip_i", "clip_i_target"]
     if scorer is None:
         state.mark_unavailable(names, reason or "no CLIP model")
         state.drifts["clip_i"] = None
         return
     t0 = time.perf_counter()
-    ct_t = scorer.clip_t([tuned[i.key] for i in target], [i.prompt for i in target])
-    ct_o = scorer.clip_t([orig[i.key] for i in target], [i.prompt for i in target])
+    texts = [text_fn(i.prompt) if text_fn else i.prompt for i in target]
+    ct_t = scorer.clip_t([tuned[i.key] for i in target], texts)
+    ct_o = scorer.clip_t([orig[i.key] for i in target], texts)
     state.time("clip_t", time.perf_counter() - t0, 2 * len(target))
     t0 = time.perf_counter()
     ci = scorer.clip_i([orig[i.key] for i in base + target], [tuned[i.key] for i in base + target])

@@ -122,6 +122,7 @@ def evaluate(cfg: EvalConfig) -> EvalResult:
     from spf_lib.eval.extra import lpips_fid
     from spf_lib.eval.faces import DlibEncoder, OnnxEncoder
     from spf_lib.eval.generate import save_images
+    from spf_lib.eval.identity import adapter_trigger, class_noun_prompt
     from spf_lib.eval.pollution import diff_heatmap
     from spf_lib.eval.probe_scores import probe_scores
     from spf_lib.eval.report import pair_grid, render_report
@@ -129,7 +130,9 @@ def evaluate(cfg: EvalConfig) -> EvalResult:
     from spf_lib.methods import read_adapter_info
 
     _check_inputs(cfg)
-    es = resolve_eval_set(cfg.eval_set, read_adapter_info(cfg.adapter_dir))
+    info = read_adapter_info(cfg.adapter_dir)
+    es = resolve_eval_set(cfg.eval_set, info)
+    trigger = adapter_trigger(info)
     items = list(es.items)
     base, target = es.of_kind("base"), es.of_kind("target")
     log.info("evaluating %s + %s on %s v%s (%d images per model)", cfg.base_model, cfg.adapter_dir, es.name,
@@ -142,13 +145,15 @@ def evaluate(cfg: EvalConfig) -> EvalResult:
     state = M.MetricState()
     state.timings["generation"] = gen_timing
     M.structural(state, base, target, orig, tuned)
-    M.identity(state, base, target, orig, tuned, cfg.face_encoder, cfg.reference_faces_dir)
+    M.identity(state, base, target, orig, tuned, cfg.face_encoder, cfg.reference_faces_dir, trigger=trigger,
+               min_size=cfg.id_min_size)
     try:
         scorer, reason = load_clip(cfg.clip_model, device=cfg.device, cache_dir=cfg.cache_dir,
                                    allow_untrained=cfg.allow_untrained_backbones), None
     except BackboneUnavailable as e:
         scorer, reason = None, str(e)
-    M.clip_scores(state, base, target, orig, tuned, scorer, reason)
+    M.clip_scores(state, base, target, orig, tuned, scorer, reason,
+                  text_fn=(lambda p: class_noun_prompt(p, trigger)) if trigger else None)
     probe_scores(state, base, target, orig, tuned, cfg.probes)
     lpips_fid(state, base, orig, tuned, cfg)
     detail = M.combine_pollution(state, cfg.pollution_weights)

@@ -58,7 +58,8 @@ def load(pipe: Any, adapter_dir: Path, info: dict) -> CelebBasisHandle:
     idents = info.get("identities") or []
     dim = pipe.text_encoder.get_input_embeddings().weight.shape[1]
     if basis.dim() != 3 or basis.shape[0] != 2 or basis.shape[2] != dim:
-        raise SpfError(f"{path}: basis shape {tuple(basis.shape)} does not fit this text encoder (need (2, k+1, {dim}))")
+        raise SpfError(f"{path}: basis shape {tuple(basis.shape)} does not fit this text encoder "
+                       f"(need (2, k+1, {dim}))")
     if coef.shape != (len(idents), 2, basis.shape[1] - 1):
         raise SpfError(f"{path}: coefficients shape {tuple(coef.shape)} != ({len(idents)}, 2, {basis.shape[1] - 1})")
     tokens = [list(i["tokens"]) for i in idents]

@@ -23,6 +23,7 @@ class FaceIdentityEncoder(Protocol):
 
 
 _REGISTRY: dict[str, Callable[[], FaceIdentityEncoder]] = {}
+MIN_FACE_IMAGE = 256   # = EvalConfig.id_min_size's default
 
 
 def register_face_encoder(name: str, factory: Callable[[], FaceIdentityEncoder]) -> None:
@@ -45,9 +46,12 @@ class AnalyzerEncoder:
         import numpy as np
         import torch
 
+        from spf_lib.eval.identity import upscale
+
         rows = []
         for i, im in enumerate(images):
-            res = self._analyzer.analyze(im)
+            # small crops (the small world's 64 px) are upscaled as the evaluation does, so dlib finds the face
+            res = self._analyzer.analyze(upscale(im, MIN_FACE_IMAGE))
             if res.embedding is None:
                 where = getattr(im, "filename", "") or f"image {i}"
                 raise SpfError(f"{where}: {res.reason} (face_encoder={self.name}); Celeb Basis needs a face per photo")

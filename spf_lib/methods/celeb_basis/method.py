@@ -156,9 +156,8 @@ class CelebBasisMethod:
     def _write_rows(self, ctx: Any) -> None:
         import torch
 
-        from spf_lib.methods.celeb_basis.tokens import write_token_rows
-
         from spf_lib.methods.celeb_basis.basis import embed_coefficients
+        from spf_lib.methods.celeb_basis.tokens import write_token_rows
 
         with torch.no_grad():   # the exported code, so validation grids show what a loaded adapter generates
             emb = embed_coefficients(self.exported_coefficients(), self.mlp.basis)

@@ -28,7 +28,7 @@ def add_placeholder_tokens(tokenizer: Any, text_encoder: Any, tokens: list[str])
     if emb.num_embeddings < len(tokenizer):
         text_encoder.resize_token_embeddings(len(tokenizer), mean_resizing=False)
     text_encoder.requires_grad_(False)
-    for t, i in zip(tokens, ids):
+    for t in tokens:
         if len(tokenizer.tokenize(t)) != 1:
             raise SpfError(f"placeholder token {t!r}: the tokenizer splits it; pick another name")
     return list(ids)
