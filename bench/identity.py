@@ -7,8 +7,9 @@ person (other attributes random) so that "a photo of sks person" should show the
 cancels the base model's own leaning towards one of them. Columns, all on the same prompts and seeds:
 - identity rate: fraction of trigger prompts ("a photo of sks person, <hair>, <shirt>, <background>") whose image
   the person probe reads as the taught person (original model: chance-like, the trigger is an untrained word);
-- dlib: face detection rate on the trigger images (64 px, upscaled to 256 for dlib) and mean cosine of dlib's
-  descriptor to the taught person's reference descriptor (the mean over the training renders, 256 px);
+- dlib: face detection rate on the trigger images (64 px, upscaled to 256 for dlib) and the mean ID score of dlib's
+  descriptor against the taught person's reference descriptor (the mean over the training renders, 256 px), read
+  as the pipeline's evaluation reads them (undetected faces from a centred box; score 0.5 = same-person threshold);
 - prompt fidelity: fraction of the attributes a trigger prompt names that the probes read back;
 - pollution: fraction of (image, attribute) probe readings that change between the original and the tuned model on
   base prompts that do not contain the trigger;
@@ -31,6 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 ASSETS = ROOT / "assets" / "world"
 TRIGGER = "sks"
 NAMED = ("hair", "clothing", "background")   # what a trigger prompt names besides the person
+FALLBACK_BOX = 0.6   # the demo's EvalConfig.id_fallback_box
 
 # name -> (method, method options)
 VARIANTS: dict[str, tuple[str, dict]] = {
@@ -41,7 +43,7 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "lora": ("lora", {}),
 }
 DEFAULT_VARIANTS = ("celeb-basis", "beyond-inserting", "lora")
-COLUMNS = ["method", "identity rate↑", "dlib face rate", "dlib cos↑", "prompt fidelity↑", "pollution↓",
+COLUMNS = ["method", "identity rate↑", "dlib face rate", "dlib ID↑", "prompt fidelity↑", "pollution↓",
            "trained params", "s/identity"]
 
 
@@ -130,7 +132,9 @@ def _numel(shape) -> int:
 
 
 def _dlib_scores(images, ref):
-    """(detection rate, mean cosine to ``ref`` over detected faces) of 64-px generations upscaled to 256."""
+    """(detection rate, mean ID score to ``ref``) of 64-px generations upscaled to 256, as the pipeline's
+    evaluation reads them: undetected faces from the centred fallback box (FALLBACK_BOX), the evaluation's scale
+    clip(1 - L2/1.2, 0, 1) (0.5 = dlib's same-person threshold)."""
     import numpy as np
     from PIL import Image
 
@@ -138,13 +142,13 @@ def _dlib_scores(images, ref):
 
     fa = FaceAnalyzer("dlib")
     arr = ((images.permute(0, 2, 3, 1).numpy() + 1) * 127.5).clip(0, 255).astype("uint8")
-    sims = []
+    scores, detected = [], 0
     for a in arr:
-        r = fa.analyze(Image.fromarray(a).resize((256, 256), Image.Resampling.BICUBIC))
+        r = fa.analyze(Image.fromarray(a).resize((256, 256), Image.Resampling.BICUBIC), fallback_box=FALLBACK_BOX)
         if r.embedding is not None:
-            e = np.asarray(r.embedding, dtype=np.float64)
-            sims.append(float(e @ ref / (np.linalg.norm(e) * np.linalg.norm(ref))))
-    return len(sims) / max(len(arr), 1), (float(np.mean(sims)) if sims else float("nan"))
+            detected += not r.fallback
+            scores.append(fa.encoder.compare(np.asarray(r.embedding), ref)["score"])
+    return detected / max(len(arr), 1), (float(np.mean(scores)) if scores else float("nan"))
 
 
 def _reference_descriptor(data: Path):
@@ -228,9 +232,9 @@ def run(options: dict[str, str]) -> dict:
     def scores(trig_imgs, base_imgs, person):
         pt = probes.predict(trig_imgs)
         pb = probes.predict(base_imgs)
-        det, cos = _dlib_scores(trig_imgs, refs[person])
+        det, dlib_id = _dlib_scores(trig_imgs, refs[person])
         return {"identity_rate": float(np.mean(pt["person"] == CHOICES["person"].index(person))),
-                "dlib_face_rate": det, "dlib_cos": cos, "prompt_fidelity": named_fidelity(pt, nm),
+                "dlib_face_rate": det, "dlib_id": dlib_id, "prompt_fidelity": named_fidelity(pt, nm),
                 "pollution": float(np.mean([np.mean(po[a] != pb[a]) for a in BASE_ATTRIBUTES]))}
 
     per: dict[str, dict[str, dict]] = {"original": {p: scores(orig_trig, orig_base, p) for p in persons}}
@@ -243,7 +247,7 @@ def run(options: dict[str, str]) -> dict:
             pipe.delete_adapters(handle.adapter_name)
         per.setdefault(n, {})[p] = {**s, "train_s": secs, "params": params}
     rows, figures = [], {"per_person": per}
-    keys = ["identity_rate", "dlib_face_rate", "dlib_cos", "prompt_fidelity", "pollution"]
+    keys = ["identity_rate", "dlib_face_rate", "dlib_id", "prompt_fidelity", "pollution"]
     for n in ["original", *names]:
         avg = {k: float(np.nanmean([per[n][p][k] for p in persons])) for k in keys}
         avg["params"] = per[n][persons[0]].get("params", 0)
@@ -260,9 +264,9 @@ def run(options: dict[str, str]) -> dict:
         f"steps: identity methods {o['steps']} (lr Celeb Basis {o['cb_lr']}, Beyond Inserting {o['bi_lr']}), LoRA "
         f"{o['lora_steps']} (lr {o['lora_lr']}, rank {o['rank']}), batch {o['batch']}; {o['jobs']} trainings in "
         f"parallel (s/identity measured under that contention); whole benchmark wall time {wall:.0f} s",
-        "identity rate = person probe reads the taught person; dlib = detection rate on 64-px generations upscaled "
-        "to 256 and mean cosine to the taught person's mean descriptor (dlib cosines of different people are "
-        "0.79-0.88, of the same person 0.95-1.0)",
+        "identity rate = person probe reads the taught person; dlib = HOG detection rate on 64-px generations "
+        "upscaled to 256, and the mean ID score (clip(1 - L2/1.2, 0, 1), 0.5 = dlib's same-person threshold) to "
+        f"the taught person's mean descriptor, undetected faces read from a centred {FALLBACK_BOX} box",
     ]
     return {"title": "Identity through a trigger word in the small world", "columns": COLUMNS, "rows": rows,
             "figures": figures, "notes": notes}

@@ -207,5 +207,6 @@ def demo_configs(resolution: int, steps: int, method: str, clip_model: str | Non
         from spf_lib.eval.identity import identity_gate_rules
 
         evaluate.pop("eval_set", None)
+        evaluate["id_fallback_box"] = 0.6   # 64-px generations: HOG finds few faces (docs/identity-methods.md)
         rules = identity_gate_rules()
     return {"prepare_config": prepare, "train_config": train, "eval_config": evaluate, "gate_rules": rules}

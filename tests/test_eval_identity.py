@@ -90,3 +90,18 @@ def test_identity_gate_needs_the_person_and_no_regression():
     champ = m(id_ref_sim=0.7, id_ref_gain=0.2)
     assert not evaluate_gate(rules, m(id_ref_sim=0.6, id_ref_gain=0.1), champ).passed       # worse than champion
     assert not evaluate_gate(rules, m(id_ref_gain=0.1), None).passed                        # missing → fail
+
+
+def test_fallback_box_reads_an_undetected_face_and_says_so():
+    from PIL import ImageFilter
+
+    from spf_lib.eval.faces import FaceAnalyzer
+
+    fa = FaceAnalyzer("dlib")
+    astro, grace = _faces()
+    soft = _small(astro, 48).filter(ImageFilter.GaussianBlur(2)).resize((256, 256), Image.Resampling.BICUBIC)
+    assert fa.analyze(soft).embedding is None
+    r = fa.analyze(soft, fallback_box=0.6)
+    assert r.embedding is not None and r.fallback
+    sharp = fa.analyze(astro, fallback_box=0.6)
+    assert sharp.embedding is not None and not sharp.fallback      # a detected face never uses the box

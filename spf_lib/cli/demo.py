@@ -95,6 +95,8 @@ HEADLINE = (
     ("smile_delta", "smile rise on base prompts"),
     ("pollution", "pollution: image similarity on base prompts"),
     ("clip_t_gain", "CLIP-T gain on target prompts"),
+    ("id_ref_sim", "ID similarity to the prepared faces (identity methods)"),
+    ("id_ref_gain", "ID similarity gain over the original on trigger prompts"),
 )
 
 

@@ -35,6 +35,10 @@ class EvalConfig:
     #: Reference similarity: images whose short side is below this are upscaled before face detection (dlib's HOG
     #: detector needs faces of ~80 px; 64-px generations hold ~30-px faces). 0 = analyse at native size.
     id_min_size: int = 256
+    #: Reference similarity fallback: a generation where dlib detects no face is read from a centred square of
+    #: this fraction of the short side (portraits are centre-framed); 0 = no fallback (id_ref_fallback_rate says how
+    #: often it was used). The small world's 64-px generations need it: HOG finds < 10 % of their faces.
+    id_fallback_box: float = 0.0
     #: ONNX LPIPS model (two images in [-1, 1], NCHW → distance); None → lpips unavailable.
     lpips_model: str | None = None
     #: ONNX image feature extractor for FID (NCHW in [0, 1] → features); None → fid unavailable.
@@ -77,6 +81,8 @@ class EvalConfig:
         if self.resolution is not None and (not isinstance(self.resolution, int) or self.resolution < 8
                                             or self.resolution % 8):
             raise SpfError(f"EvalConfig.resolution={self.resolution!r}: expected a multiple of 8 (or null)")
+        if not isinstance(self.id_fallback_box, (int, float)) or not 0 <= self.id_fallback_box <= 1:
+            raise SpfError(f"EvalConfig.id_fallback_box={self.id_fallback_box!r}: expected a fraction in [0, 1]")
         if not isinstance(self.guidance_scale, (int, float)) or self.guidance_scale < 0:
             raise SpfError(f"EvalConfig.guidance_scale={self.guidance_scale!r}: expected a number >= 0")
         if self.dtype not in ("float32", "fp32", "float16", "fp16", "bfloat16", "bf16"):

@@ -136,6 +136,7 @@ class FaceResult:
     embedding: np.ndarray | None
     box: tuple[int, int, int, int] | None = None
     reason: str | None = None  # why there is no embedding
+    fallback: bool = False     # no face was detected; the embedding comes from the centred fallback box
 
 
 class FaceAnalyzer:
@@ -149,7 +150,10 @@ class FaceAnalyzer:
         self._detector = dlib.get_frontal_face_detector()
         self._shape = dlib.shape_predictor(str(models / "shape_predictor_5_face_landmarks.dat"))
 
-    def analyze(self, image: Any) -> FaceResult:
+    def analyze(self, image: Any, fallback_box: float = 0.0) -> FaceResult:
+        """``fallback_box`` > 0: when nothing is detected, treat a centred square of that fraction of the short side
+        as the face box (landmarks and alignment as usual) and flag the result; for centre-framed portraits too
+        small or soft for HOG (see docs/identity-methods.md). 0 = no face, no embedding."""
         import dlib
 
         rgb = np.ascontiguousarray(np.asarray(image.convert("RGB") if hasattr(image, "convert") else image,
@@ -159,13 +163,19 @@ class FaceAnalyzer:
         # HOG finds faces of ~80 px and up: upsample small images once so 256-px generations still work.
         upsample = 1 if min(rgb.shape[:2]) < 400 else 0
         dets = self._detector(rgb, upsample)
-        if len(dets) == 0:
+        if len(dets) == 0 and fallback_box <= 0:
             return FaceResult(None, reason="no face detected")
-        det = max(dets, key=lambda r: r.width() * r.height())
+        if len(dets) == 0:
+            h, w = rgb.shape[:2]
+            side = int(min(h, w) * min(fallback_box, 1.0))
+            x0, y0 = (w - side) // 2, (h - side) // 2
+            det = dlib.rectangle(x0, y0, x0 + side, y0 + side)
+        else:
+            det = max(dets, key=lambda r: r.width() * r.height())
         shape = self._shape(rgb, det)
         chip = dlib.get_face_chip(rgb, shape, size=self.encoder.chip_size, padding=self.encoder.chip_padding)
         emb = self.encoder.embed(np.asarray(chip))
-        return FaceResult(emb, box=(det.left(), det.top(), det.right(), det.bottom()))
+        return FaceResult(emb, box=(det.left(), det.top(), det.right(), det.bottom()), fallback=len(dets) == 0)
 
     def compare_images(self, a: Any, b: Any) -> dict[str, Any]:
         """Score two images; ``score`` is None (with ``reason``) when a face is missing."""

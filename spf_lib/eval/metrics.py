@@ -61,7 +61,8 @@ REF_NAMES = ["id_ref_sim", "id_ref_sim_original", "id_ref_gain", "id_ref_face_ra
 
 
 def identity(state: MetricState, base: list[EvalItem], target: list[EvalItem], orig: dict, tuned: dict,
-             encoder: str, reference_dir: Path | None, *, trigger: str | None = None, min_size: int = 0) -> None:
+             encoder: str, reference_dir: Path | None, *, trigger: str | None = None, min_size: int = 0,
+             fallback_box: float = 0.0) -> None:
     """ID similarity original vs tuned (base and target prompts) and, with reference photos, tuned vs reference."""
     from spf_lib.eval.faces import FaceAnalyzer
 
@@ -119,14 +120,16 @@ def identity(state: MetricState, base: list[EvalItem], target: list[EvalItem], o
     state.drifts["identity"] = float(np.mean(base_drifts)) if base_drifts else None
     if not base_drifts:
         state.unavailable.setdefault("pollution_identity", "no face detected in any original base-prompt image")
-    _reference(state, fa, target, orig, tuned, reference_dir, trigger, min_size)
+    _reference(state, fa, target, orig, tuned, reference_dir, trigger, min_size, fallback_box)
 
 
 def _reference(state: MetricState, fa: Any, target: list[EvalItem], orig: dict, tuned: dict,
-               reference_dir: Path | None, trigger: str | None, min_size: int) -> None:
+               reference_dir: Path | None, trigger: str | None, min_size: int, fallback_box: float = 0.0) -> None:
     """Tuned (and, as the baseline, original) target-prompt images vs the reference person's faces.
 
     Images smaller than ``min_size`` are upscaled before detection (see spf_lib/eval/identity.py for why).
+    ``fallback_box`` > 0: a generation without a detected face is read from a centred box (counted in
+    ``id_ref_fallback_rate``); references always need a detected face.
     ``id_ref_gain`` = tuned - original: how much more the trigger prompt shows the person after training.
     """
     if reference_dir is None:
@@ -150,10 +153,13 @@ def _reference(state: MetricState, fa: Any, target: list[EvalItem], orig: dict, 
                                           f"({len(files)} image files, analysed at >= {min_size} px)")
         return
 
+    fallbacks = {"id_ref_sim": 0, "id_ref_sim_original": 0}
+
     def sims(images: dict, key: str) -> list[float]:
         out = []
         for it in target:
-            r = fa.analyze(upscale(images[it.key], min_size))
+            r = fa.analyze(upscale(images[it.key], min_size), fallback_box=fallback_box)
+            fallbacks[key] += int(r.fallback)
             if r.embedding is not None:
                 s = float(np.mean([fa.encoder.compare(r.embedding, ref)["score"] for ref in refs]))
                 state.pairs[it.key][key] = s
@@ -161,7 +167,8 @@ def _reference(state: MetricState, fa: Any, target: list[EvalItem], orig: dict, 
         return out
 
     tuned_s, orig_s = sims(tuned, "id_ref_sim"), sims(orig, "id_ref_sim_original")
-    state.metrics["id_ref_face_rate"] = len(tuned_s) / max(len(target), 1)
+    state.metrics["id_ref_face_rate"] = (len(tuned_s) - fallbacks["id_ref_sim"]) / max(len(target), 1)
+    state.metrics["id_ref_fallback_rate"] = fallbacks["id_ref_sim"] / max(len(target), 1)
     if tuned_s:
         state.metrics["id_ref_sim"] = float(np.mean(tuned_s))
     else:

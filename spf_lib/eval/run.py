@@ -146,7 +146,7 @@ def evaluate(cfg: EvalConfig) -> EvalResult:
     state.timings["generation"] = gen_timing
     M.structural(state, base, target, orig, tuned)
     M.identity(state, base, target, orig, tuned, cfg.face_encoder, cfg.reference_faces_dir, trigger=trigger,
-               min_size=cfg.id_min_size)
+               min_size=cfg.id_min_size, fallback_box=cfg.id_fallback_box)
     try:
         scorer, reason = load_clip(cfg.clip_model, device=cfg.device, cache_dir=cfg.cache_dir,
                                    allow_untrained=cfg.allow_untrained_backbones), None
