@@ -107,7 +107,8 @@ def portrait_pipeline(
         )
         btrain.set_display_name("train baseline adapter")
         platform.configure_train(btrain, params)
-        bev = evaluate_model(model=btrain.outputs["model"], base_model=base_model, eval_config=eval_config)
+        bev = evaluate_model(model=btrain.outputs["model"], prepared=prep.outputs["prepared"], base_model=base_model,
+                             eval_config=eval_config)
         bev.set_display_name("evaluate baseline vs original")
         platform.configure_evaluate(bev, params)
         cmp = compare_models(evaluation=ev.outputs["evaluation"], baseline_evaluation=bev.outputs["evaluation"],
