@@ -196,11 +196,12 @@ def clip_scores(state: MetricState, base: list[EvalItem], target: list[EvalItem]
         return
     t0 = time.perf_counter()
     texts = [text_fn(i.prompt) if text_fn else i.prompt for i in target]
-    ct_t = scorer.clip_t([tuned[i.key] for i in target], texts)
-    ct_o = scorer.clip_t([orig[i.key] for i in target], texts)
+    # cosines of identical images come out as 1.0000001 in float32: clip to the range the registry checks
+    ct_t = np.clip(scorer.clip_t([tuned[i.key] for i in target], texts), -1.0, 1.0)
+    ct_o = np.clip(scorer.clip_t([orig[i.key] for i in target], texts), -1.0, 1.0)
     state.time("clip_t", time.perf_counter() - t0, 2 * len(target))
     t0 = time.perf_counter()
-    ci = scorer.clip_i([orig[i.key] for i in base + target], [tuned[i.key] for i in base + target])
+    ci = np.clip(scorer.clip_i([orig[i.key] for i in base + target], [tuned[i.key] for i in base + target]), -1.0, 1.0)
     state.time("clip_i", time.perf_counter() - t0, 2 * len(base + target))
     for it, a, b in zip(target, ct_t, ct_o):
         state.pairs[it.key].update({"clip_t": a, "clip_t_original": b})
