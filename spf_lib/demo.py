@@ -151,13 +151,15 @@ def demo_gate_rules() -> dict:
     """What the demo's gate asks: the model learned the target (an absolute floor on the probe's target rate) and
     did not pollute (probe-read and image-similarity pollution bounds, no worse than the champion).
 
-    The floor, 0.25, is ~12 target images in 48 against the original's ~0.02: a model that learned nothing never
-    passes; LoRA and SPF at the demo's settings reach ~0.5-0.8. ID similarity is not asked: faces generated at 64 px
-    are below dlib's detector's reach, so it is reported as unavailable.
+    The floor, 0.25, is 6 of the 24 target-prompt images against the original's 0: a model that learned nothing never
+    passes. The probe-pollution bound, 0.25, admits a model that changes under a quarter of the base prompts'
+    attributes. Measured at the demo's settings (fresh clone, README): SPF target rate 0.42, probe pollution 0.19 —
+    promoted; plain LoRA on the same data 0.33 and 0.33 — it would fail the pollution bound. ID similarity is not
+    asked: faces generated at 64 px are below dlib's detector's reach, so it is reported as unavailable.
     """
     return {"rules": [
         {"metric": "target_rate", "better": "higher", "bound": 0.25},
-        {"metric": "probe_pollution", "better": "lower", "bound": 0.2, "epsilon": 0.05},
+        {"metric": "probe_pollution", "better": "lower", "bound": 0.25, "epsilon": 0.05},
         {"metric": "pollution", "better": "lower", "bound": 0.5, "epsilon": 0.02},
     ]}
 
