@@ -137,9 +137,13 @@ def test_token_map_pairs_same_tokens():
 def trainer(tmp_path_factory):
     from spf_lib.train.run import Trainer
 
+    from spf_lib.models.factory import save_tiny_clip
+
     root = tmp_path_factory.mktemp("spf")
+    clip = save_tiny_clip(root / "clip")  # L_enhanced is off without a CLIP
     cfg = base_cfg(root, tiny_model(root), make_dataset(root / "data"), method="spf", steps=3, lr=5e-2,
-                   spf={"stage1_steps": 0, "enh_max_timestep": 1000}, validation={"enabled": False})
+                   spf={"stage1_steps": 0, "enh_max_timestep": 1000, "image_embedder": str(clip)},
+                   validation={"enabled": False})
     return Trainer(cfg)
 
 
@@ -185,10 +189,10 @@ def test_alignment_losses_zero_for_identical_paths_positive_otherwise(trainer):
     text = batch["caption"]
     # LoRA at init has B = 0: adapter on == adapter off, so same text → identical paths
     l_text, l_fine, mask = _paths(trainer, batch, text, text)
-    assert l_text == 0 and l_fine == 0 and mask.max() == 0
+    assert l_text == 0 and l_fine == 0 and mask.latent.max() == 0
     # different text (base vs base + target) → positive
     l_text, l_fine, mask = _paths(trainer, batch, batch["base_text"], text)
-    assert l_text > 0 and l_fine > 0 and mask.max() == 1
+    assert l_text > 0 and l_fine > 0 and mask.latent.max() > 0  # a response somewhere (random tiny model: no clear region)
     # same text, trained adapter → positive
     with perturbed_lora(trainer.ctx.unet):
         l_text, l_fine, _ = _paths(trainer, batch, text, text)

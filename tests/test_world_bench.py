@@ -15,8 +15,29 @@ def test_unknown_variant_is_one_clear_error(tmp_path):
         fid.run({"variants": "naive,ewma", "workdir": str(tmp_path)})
 
 
+def test_bad_configuration_is_one_clear_error(tmp_path):
+    import bench.fidelity as fid
+
+    with pytest.raises(SpfError, match="captions never name"):
+        fid.run({"configs": "hair=red:1:2", "workdir": str(tmp_path)})
+    with pytest.raises(SpfError, match="background='purple'"):
+        fid.run({"configs": "background=purple:1:2", "workdir": str(tmp_path)})
+
+
+def test_frontier_interpolation():
+    import math
+
+    import bench.fidelity as fid
+
+    path = [(0.0, 0.0), (0.1, 0.2), (0.3, 0.6), (0.25, 0.5)]  # (pollution, target) by step
+    assert fid.pollution_at_target(path, 0.4) == pytest.approx(0.2, abs=0.01)   # halfway along the 2nd segment
+    assert math.isnan(fid.pollution_at_target(path, 0.7))                      # never reached
+    assert fid.target_at_pollution(path, 0.1) == pytest.approx(0.2, abs=0.01)
+    assert fid.target_at_pollution(path, 0.26) == pytest.approx(0.52, abs=0.02)  # on the 2nd segment, not the last point
+
+
 @pytest.mark.slow
-def test_fidelity_bench_runs_every_variant_on_toy_models(tmp_path, monkeypatch):
+def test_fidelity_frontier_quick_on_toy_models(tmp_path, monkeypatch):
     import bench.fidelity as fid
     from spf_lib.world.clip import train_clip
     from spf_lib.world.probes import train_probes
@@ -25,11 +46,20 @@ def test_fidelity_bench_runs_every_variant_on_toy_models(tmp_path, monkeypatch):
     base = tiny_pretrain(tmp_path / "base")
     train_probes(tmp_path / "p", n_images=16, steps=1, batch=4, held_out=4, width=8, threads=1)
     train_clip(tmp_path / "c", n_images=300, steps=1, batch=4, threads=1)
-    res = fid.run({"base": str(base), "probes": str(tmp_path / "p"), "clip": str(tmp_path / "c"), "steps": "2",
-                   "lora_steps": "2", "n_ft": "4", "n_prompts": "2", "n_seeds": "1", "infer_steps": "2",
-                   "batch": "2", "threads": "1", "workdir": str(tmp_path / "w")})
-    names = [r[0] for r in res["rows"]]
-    assert names == ["original", *fid.VARIANTS]
+    variants = ["naive", "lora", "spf", "spf w/o SFCM", "spf-paper"]
+    opts = {"base": str(base), "probes": str(tmp_path / "p"), "clip": str(tmp_path / "c"), "quick": "1",
+            "jobs": "1", "threads": "1", "variants": ",".join(variants), "workdir": str(tmp_path / "w"),
+            "plot": str(tmp_path / "frontier.png")}
+    res = fid.run(opts)
+    assert [r[0] for r in res["rows"]] == variants
     assert all(len(r) == len(res["columns"]) for r in res["rows"])
-    assert res["figures"]["original"]["attr_drift"] == 0
-    assert all(0 <= res["figures"][n]["target_rate"] <= 1 for n in fid.VARIANTS)
+    runs = res["figures"]["runs"]
+    assert len(runs) == len(variants)
+    for r in runs:  # step 0 is the original model; checkpoints every 2 of 4 steps
+        assert [c["step"] for c in r["curve"]] == [0, 2, 4]
+        assert r["curve"][0]["attr_drift"] == 0 and all(0 <= c["target_rate"] <= 1 for c in r["curve"])
+    ov = res["figures"]["sfcm_overlap"]["rows"]
+    assert {row[0] for row in ov} == set(fid.SFCM_SETTINGS)
+    assert (tmp_path / "frontier.png").stat().st_size > 1000
+    again = fid.run(opts)  # every run is cached in the workdir
+    assert "0 trained now" in again["notes"][-2] or "0 trained now" in " ".join(again["notes"])

@@ -42,8 +42,38 @@ class LoraOptions(_Strict):
         return v
 
 
+# What `spf.preset` sets (docs/method.md): fields given explicitly always win over the preset.
+SPF_PRESETS: dict[str, dict[str, Any]] = {
+    # our best measured configuration = the field defaults below
+    "spf": {},
+    # the paper's loss set and two-stage schedule as we read it: stage 1 = plain fine-tuning for half the steps,
+    # stage 2 = L_diff + L_text (base tokens and padding) + L_fine + L_enh (when a CLIP is configured), SFCM-gated
+    "spf-paper": {"stage1_steps": None, "use_out": False, "use_preserve": False, "preserve_in_stage1": False,
+                  "text_include_special": True},
+}
+
+
 class SpfOptions(_Strict):
     """SPF-Portrait stage 2 (dual-path alignment). Every loss and the SFCM can be switched off (ablation rows)."""
+
+    preset: Literal["spf", "spf-paper"] = Field(
+        "spf", description="spf = our best measured configuration (the defaults); spf-paper = the paper's loss set "
+        "and two-stage schedule as we read it. Fields given explicitly override the preset (docs/method.md)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _apply_preset(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("preset") in SPF_PRESETS:
+            return {**SPF_PRESETS[data["preset"]], **data}
+        return data
+
+    @model_validator(mode="after")
+    def _enhanced_needs_clip(self) -> SpfOptions:
+        # L_enh supervises a direction in CLIP space; with no CLIP there is nothing meaningful to supervise, so the
+        # resolved config records it as off rather than training a stand-in
+        if self.use_enhanced and not self.image_embedder:
+            object.__setattr__(self, "use_enhanced", False)
+        return self
 
     stage1_steps: int | None = Field(
         0, ge=0, description="Optimizer steps of plain LoRA fine-tuning before stage 2; None = half of `steps` "
@@ -53,7 +83,8 @@ class SpfOptions(_Strict):
     w_text: float = Field(1.0, ge=0, description="λ for L_text-consistent")
     use_fine: bool = True
     w_fine: float = Field(0.1, ge=0, description="λ for L_fine-grained")
-    use_enhanced: bool = True
+    use_enhanced: bool = Field(True, description="L_enhanced; resolved to false when no image_embedder (CLIP) is "
+                               "configured: it has no meaning without one")
     w_enhanced: float = Field(5e-4, ge=0, description="λ for L_enhanced (its CLIP gradient is ~100x L_diff's)")
     use_out: bool = Field(True, description="Our addition: SFCM-gated alignment of the response path's noise "
                           "prediction with the reference's (L_fine at the output, docs/method.md)")
@@ -62,6 +93,9 @@ class SpfOptions(_Strict):
                                "(docs/method.md, measured in the small world)")
     w_preserve: float = Field(5.0, ge=0, description="λ for L_preserve")
     preserve_in_stage1: bool = Field(True, description="Apply L_preserve during stage 1 too (docs/method.md)")
+    preserve_split: bool = Field(False, description="Cost: run the response path (dual path + gated losses) on the "
+                                 "first half of each batch and L_preserve on the second half, instead of both on "
+                                 "every sample (docs/method.md)")
     preserve_uncond_frac: float = Field(0.5, ge=0, le=1, description="Fraction of the L_preserve batch fed the "
                                         "empty prompt (classifier-free guidance's unconditional branch)")
     preserve_prior: int = Field(0, ge=0, le=4096, description="Our addition: L_preserve on this many images the "
@@ -76,12 +110,18 @@ class SpfOptions(_Strict):
                                       "off: after the target phrase they encode the target (docs/method.md)")
     sfcm_phrase_weighting: Literal["distance", "uniform"] = "distance"
     sfcm_blur: int = Field(0, ge=0, le=7, description="Box-blur radius (latent pixels) applied to the SFCM")
-    sfcm_gate_pool: Literal["area", "max"] = Field("max", description="How the SFCM is downsampled to a "
-                                                   "low-resolution layer: cell mean or cell max (docs/method.md)")
-    sfcm_quantile: float | None = Field(0.9, gt=0, lt=1, description="Normalise the SFCM by this per-sample quantile "
-                                        "(clip at 1) instead of min-max; docs/method.md")
+    sfcm_gate_pool: Literal["area", "max"] = Field("max", description="sfcm_norm=quantile|minmax: how the latent "
+                                                   "SFCM is downsampled to a low-resolution layer: cell mean or max")
+    sfcm_norm: Literal["robust", "quantile", "minmax"] = Field(
+        "robust", description="SFCM normalisation: robust = per layer resolution, cells that stand out of the map's "
+        "own noise (median/MAD z-score between sfcm_z_low and sfcm_z_high); quantile / minmax = issue 9's map at "
+        "latent resolution, resized per layer by sfcm_gate_pool (docs/method.md)")
+    sfcm_z_low: float = Field(2.0, ge=0, description="robust SFCM: z-score where release starts (M = 0 below)")
+    sfcm_z_high: float = Field(4.0, gt=0, description="robust SFCM: z-score of full release (M = 1 above)")
+    sfcm_quantile: float | None = Field(0.9, gt=0, lt=1, description="sfcm_norm=quantile: divide by this per-sample "
+                                        "quantile and clip at 1")
     image_embedder: str | None = Field(
-        None, description="CLIP model folder/hub id for L_enhanced; None = latent-pool fallback (no VAE decode)")
+        None, description="CLIP model folder/hub id for L_enhanced; None = no CLIP, L_enhanced off")
     enh_direction: Literal["auto", "image", "text"] = Field(
         "auto", description="Supervision direction: ground-truth image shift, or CLIP text shift (needs CLIPModel); "
         "auto = text when image_embedder has a text tower, else image (docs/method.md: the image shift also carries "

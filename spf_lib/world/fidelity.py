@@ -15,6 +15,7 @@ and on target prompts (base prompt + the target phrase), for the tuned model:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -83,8 +84,10 @@ def generate_all(pipe, plan: EvalPlan) -> Generated:
     return Generated(generate(pipe, p, s, plan.steps, plan.guidance), generate(pipe, t, s, plan.steps, plan.guidance))
 
 
-def score(plan: EvalPlan, original: Generated, tuned: Generated, probes, clip) -> dict[str, float]:
-    """All metrics of one tuned model against the original (see module docstring)."""
+def score(plan: EvalPlan, original: Generated, tuned: Generated, probes, clip,
+          spurious: dict[str, str] | None = None) -> dict[str, float]:
+    """All metrics of one tuned model against the original (see module docstring). ``spurious``: the fine-tuning
+    set's spurious attributes (default the README set's red background + smiling) for ``spurious_delta``."""
     _, _, named = plan.pairs()
     po, pt = probes.predict(original.base), probes.predict(tuned.base)
     drift = np.mean([np.mean(po[a] != pt[a]) for a in BASE_ATTRIBUTES])
@@ -97,6 +100,11 @@ def score(plan: EvalPlan, original: Generated, tuned: Generated, probes, clip) -
             return float("nan")
         return float(np.mean(pt[key][mask] == cls) - np.mean(po[key][mask] == cls))
 
+    from spf_lib.world.finetune import SPURIOUS
+
+    spur = [rate_delta(k, CHOICES[k].index(v), np.array([k not in nm for nm in named]))
+            for k, v in (spurious or SPURIOUS).items()]
+    spur = [x for x in spur if not np.isnan(x)]
     ptt = probes.predict(tuned.target)
     fid = named_fidelity(ptt, named)
     target_prompts = [f"{p}, {TARGET_PHRASE}" for p in plan.pairs()[0]]
@@ -104,6 +112,7 @@ def score(plan: EvalPlan, original: Generated, tuned: Generated, probes, clip) -
         "attr_drift": float(drift),
         "red_bg_delta": rate_delta("background", red, open_bg),
         "smile_delta": rate_delta("expression", smile, open_ex),
+        "spurious_delta": float(np.mean(spur)) if spur else float("nan"),
         "target_leak": float(np.mean(pt["glasses"] == 1) - np.mean(po["glasses"] == 1)),
         "clip_i": float(np.mean(clip.clip_i(original.base, tuned.base))),
         "pixel_mae": float((original.base - tuned.base).abs().mean() / 2),
@@ -118,3 +127,69 @@ def named_fidelity(pred: dict[str, np.ndarray], named: list[dict[str, str]]) -> 
     """Fraction of the attributes each prompt names that the probes read back from its image."""
     return float(np.mean([np.mean([pred[k][i] == CHOICES[k].index(v) for k, v in nm.items()])
                           for i, nm in enumerate(named)]))
+
+
+def sfcm_overlap(trainer, ft_seed: int, spurious: dict[str, str], settings: dict[str, dict], n: int = 8,
+                 timesteps: tuple[int, ...] = (200, 400, 600), min_cover: float = 0.1) -> dict:
+    """How well the SFCM of a trained SPF model finds the glasses, per layer resolution.
+
+    On the first ``n`` fine-tuning images (all wear glasses; their layouts are re-drawn from the set's seed), at
+    fixed noise and the given timesteps, the dual path runs once and each SFCM ``settings`` entry (spf option
+    overrides) turns it into M. Ground truth at a resolution: cells whose rendered-glasses coverage is ≥
+    ``min_cover``; released: M ≥ 0.5. Returns {setting: {resolution: {iou, precision, recall, m_in, m_out}}}, m_in /
+    m_out = mean M on / off the glasses cells.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    from spf_lib.data.synth import synth_records
+    from spf_lib.world.render import glasses_mask
+
+    m, ctx, src = trainer.method, trainer.ctx, trainer.source
+    layouts = {f"ft{i:04d}": lay for i, _a, lay in synth_records(len(src.examples), ft_seed, target_fraction=1.0,
+                                                                   fixed_for_target=spurious)}
+    idx = list(range(min(n, len(src.examples))))
+    exs = [src.examples[i] for i in idx]
+    batch = {"index": idx, "pixel_values": torch.stack([src._pixels(i) for i in idx]),
+             "caption": [e.response_text for e in exs], "base_text": [e.base_text for e in exs],
+             "base_phrases": [e.base_phrases for e in exs], "target_phrase": [e.target_phrase for e in exs]}
+    size = batch["pixel_values"].shape[-1]
+    masks = torch.from_numpy(np.stack([glasses_mask(layouts[Path(e.crop_path).stem], size) for e in exs]))
+    acc: dict[str, dict[int, dict[str, float]]] = {}
+    saved = m.o
+    with torch.no_grad():
+        lat = ctx.encode_images(batch["pixel_values"].to(ctx.device))
+        for t_val in timesteps:
+            gen = torch.Generator().manual_seed(4242 + t_val)
+            noise = torch.randn(lat.shape, generator=gen).to(lat.device, lat.dtype)
+            t = torch.full((lat.shape[0],), t_val, dtype=torch.long, device=lat.device)
+            noisy = ctx.noise_scheduler.add_noise(lat, noise, t)
+            eps_ref, eps_res = m.dual_forward(ctx, noisy, t, batch["base_text"], batch["caption"])
+            sizes = {tuple(eps_res.shape[-2:])} | {tuple(c.hw) for c in m.store.maps.get("ref", {}).values()}
+            for name, over in settings.items():
+                try:
+                    m.o = saved.model_copy(update=over)
+                    cm = m.control_map(ctx, batch, eps_res, eps_ref)
+                finally:
+                    m.o = saved
+                for hw in sizes:
+                    mm = cm.at(hw).float().cpu()
+                    gt = F.adaptive_avg_pool2d(masks[:, None], hw)[:, 0] >= min_cover
+                    pred = mm >= 0.5
+                    d = acc.setdefault(name, {}).setdefault(hw[0], {"tp": 0.0, "fp": 0.0, "fn": 0.0, "m_in": 0.0,
+                                                                     "n_in": 0.0, "m_out": 0.0, "n_out": 0.0})
+                    d["tp"] += float((pred & gt).sum())
+                    d["fp"] += float((pred & ~gt).sum())
+                    d["fn"] += float((~pred & gt).sum())
+                    d["m_in"] += float(mm[gt].sum())
+                    d["n_in"] += float(gt.sum())
+                    d["m_out"] += float(mm[~gt].sum())
+                    d["n_out"] += float((~gt).sum())
+    out: dict = {}
+    for name, per in acc.items():
+        for res, d in per.items():
+            out.setdefault(name, {})[str(res)] = {
+                "iou": d["tp"] / max(d["tp"] + d["fp"] + d["fn"], 1.0), "precision": d["tp"] / max(d["tp"] + d["fp"], 1.0),
+                "recall": d["tp"] / max(d["tp"] + d["fn"], 1.0), "m_in": d["m_in"] / max(d["n_in"], 1.0),
+                "m_out": d["m_out"] / max(d["n_out"], 1.0)}
+    return out

@@ -61,8 +61,11 @@ def make_finetune_set(out_dir: str | Path, n: int = 48, seed: int = 7, size: int
 
 
 def finetune_naive(base_model: str | Path, data_dir: str | Path, output_dir: str | Path, *, steps: int = 200,
-                   lr: float = 1e-4, batch: int = 8, seed: int = 0, threads: int = 2) -> Path:
-    """Full-UNet fine-tuning with the plain diffusion loss (the paper's "Naive FT" row); saves ``unet/``."""
+                   lr: float = 1e-4, batch: int = 8, seed: int = 0, threads: int = 2, on_step=None) -> Path:
+    """Full-UNet fine-tuning with the plain diffusion loss (the paper's "Naive FT" row); saves ``unet/``.
+
+    ``on_step(step, pipe)``: called after each optimizer step with the pipeline holding the UNet being trained
+    (the frontier benchmark evaluates checkpoints along the way; the UNet is in eval mode during the call)."""
     import numpy as np
     import pandas as pd
     import torch
@@ -95,7 +98,7 @@ def finetune_naive(base_model: str | Path, data_dir: str | Path, output_dir: str
     unet.train()
     opt = torch.optim.AdamW(unet.parameters(), lr=lr, weight_decay=1e-2)
     gen = torch.Generator().manual_seed(seed)
-    for _ in tqdm(range(steps), desc="naive ft"):
+    for step in tqdm(range(1, steps + 1), desc="naive ft", disable=on_step is not None):
         idx = torch.randint(0, len(z), (batch,), generator=gen)
         noise = torch.randn(z[idx].shape, generator=gen)
         t = torch.randint(0, noise_sched.config.num_train_timesteps, (batch,), generator=gen)
@@ -104,6 +107,10 @@ def finetune_naive(base_model: str | Path, data_dir: str | Path, output_dir: str
         loss.backward()
         torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
         opt.step()
+        if on_step is not None:
+            unet.eval()
+            on_step(step, pipe)
+            unet.train()
     unet.eval()
     with atomic_dir(output_dir) as tmp:
         unet.save_pretrained(tmp / "unet", safe_serialization=True)

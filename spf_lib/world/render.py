@@ -181,11 +181,26 @@ def render_portrait(attrs: Attributes, size: int = 256, layout: Layout | None = 
     return canvas
 
 
-def _draw_glasses(draw: ImageDraw.ImageDraw, ex: float, ey: float, ed: float) -> None:
+def glasses_mask(layout: Layout | None = None, size: int = 256) -> np.ndarray:
+    """Where ``render_portrait`` draws the target for this layout: frame coverage in [0, 1], (size, size) float32.
+
+    The world knows where its glasses are, so a method's idea of the target region (SPF's SFCM) can be scored.
+    """
+    layout = layout or Layout()
+    ss = 2 if size <= 512 else 1
+    s = size * ss
+    ed = layout.eye_dist * s
+    mask = Image.new("L", (s, s), 0)
+    _draw_glasses(ImageDraw.Draw(mask), layout.eye_x * s, layout.eye_y * s, ed, frame=255)
+    if ss != 1:
+        mask = mask.resize((size, size), Image.Resampling.BOX)
+    return np.asarray(mask, dtype=np.float32) / 255.0
+
+
+def _draw_glasses(draw: ImageDraw.ImageDraw, ex: float, ey: float, ed: float, frame=(20, 20, 20)) -> None:
     """Round, thick, dark frames: a target that no base image shows (Hopper's own glasses are thin and angular)."""
     r = 0.4 * ed
     w = max(2, int(0.14 * ed))
-    frame = (20, 20, 20)
     for cx in (ex - 0.5 * ed, ex + 0.5 * ed):
         draw.ellipse((cx - r, ey - r, cx + r, ey + r), outline=frame, width=w)
     draw.line((ex - 0.5 * ed + r, ey, ex + 0.5 * ed - r, ey), fill=frame, width=w)

@@ -2,9 +2,8 @@
 
 - ``ClipEmbedder``: x̂0 latents → VAE decode → CLIP image features (a CLIPModel folder/hub id in
   ``spf.image_embedder``). Supports the text direction too (CLIP text features of base vs base + target).
-- ``LatentPoolEmbedder`` (fallback when no CLIP model is configured, e.g. offline tests): 4×4 average-pooled latents,
-  flattened. No VAE decode, so it is also the cheap choice on a GPU; it measures coarse colour/layout shifts, which
-  is what an attribute like hair colour moves, but it knows no semantics.
+No CLIP configured ⇒ L_enhanced is off (``SpfOptions`` resolves ``use_enhanced`` to false): a latent-pool
+stand-in reduced to a pooled diffusion loss with no image/text semantics (issue 15), so it was removed.
 """
 
 from __future__ import annotations
@@ -14,23 +13,6 @@ import torch.nn.functional as F
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-
-
-class LatentPoolEmbedder:
-    name = "latent-pool"
-    needs_decode = False
-    has_text = False
-
-    def __init__(self, grid: int = 4) -> None:
-        self.grid = grid
-
-    def embed_latents(self, latents: torch.Tensor, vae=None) -> torch.Tensor:
-        return F.adaptive_avg_pool2d(latents.float(), self.grid).flatten(1)
-
-    def embed_pixels(self, pixels: torch.Tensor, vae=None, latents: torch.Tensor | None = None) -> torch.Tensor:
-        if latents is None:
-            raise ValueError("LatentPoolEmbedder embeds the ground truth from its latents")
-        return self.embed_latents(latents)
 
 
 class ClipEmbedder:
@@ -86,5 +68,5 @@ class ClipEmbedder:
         return f[n:] - f[:n]
 
 
-def build_embedder(ref: str | None, device, dtype):
-    return ClipEmbedder(ref, device, dtype) if ref else LatentPoolEmbedder()
+def build_embedder(ref: str, device, dtype) -> ClipEmbedder:
+    return ClipEmbedder(ref, device, dtype)

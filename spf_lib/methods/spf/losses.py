@@ -63,18 +63,102 @@ def sfcm(noise_diff: torch.Tensor, phrase_maps: torch.Tensor, weights: torch.Ten
     return (m / scale[:, None, None]).clamp(max=1.0).detach()
 
 
-def gate_for(mask: torch.Tensor, hw: tuple[int, int], pool: str = "area") -> torch.Tensor:
-    """(1 − M) resized to a layer's (h, w), flattened to (B, N).
+def gate_for(mask, hw: tuple[int, int], pool: str = "area") -> torch.Tensor:
+    """(1 − M) at a layer's (h, w), flattened to (B, N). ``mask``: a ``ControlMap`` (which computes M at that
+    resolution itself) or a latent-resolution M tensor, resized by ``pool``.
 
-    ``pool="max"``: a low-resolution cell is freed as much as the most target-responsive latent pixel inside it
-    (area averaging dilutes a small target region away at 8×8 / 4×4 layers); "area": the cell's mean.
+    ``pool="max"``: a low-resolution cell is freed as much as the most target-responsive latent pixel inside it;
+    "area": the cell's mean.
     """
-    m = mask[:, None].float()
-    if pool == "max" and tuple(m.shape[-2:]) != tuple(hw):
-        m = F.adaptive_max_pool2d(m, hw)
+    if isinstance(mask, ControlMap):
+        return (1.0 - mask.at(hw)).flatten(1)
+    return (1.0 - resample(mask, hw, pool)).flatten(1)
+
+
+def resample(m: torch.Tensor, hw: tuple[int, int], pool: str = "area") -> torch.Tensor:
+    """(B, h, w) → (B, *hw) by cell max or cell mean (the identity at the same size)."""
+    x = m[:, None].float()
+    if tuple(x.shape[-2:]) == tuple(hw):
+        return x[:, 0]
+    if pool == "max":
+        return F.adaptive_max_pool2d(x, hw)[:, 0]
+    return F.adaptive_avg_pool2d(x, hw)[:, 0]
+
+
+def robust_sfcm(noise_diff: torch.Tensor, phrase_maps: torch.Tensor, weights: torch.Tensor, hw: tuple[int, int],
+                z_lo: float = 2.0, z_hi: float = 4.0) -> torch.Tensor:
+    """M at one layer's resolution ``hw``: how far each cell's response stands out of the map's own noise.
+
+    N and each phrase map are area-averaged to ``hw`` (averaging shrinks pixel noise but keeps a region's level),
+    min-max normalised, and R = ReLU(N − Σ_p D_p · A_p). The noise floor is N's median and its spread the scaled
+    median absolute deviation, both per sample: z = (R − med N) / (1.4826 · MAD N), M = clip((z − z_lo) /
+    (z_hi − z_lo), 0, 1). A response region — a minority of the cells — lies many MADs above the median and is
+    released (M = 1); a pure-noise or uniformly weak map has few cells beyond z_lo, so alignment holds almost
+    everywhere, at every resolution (min-max or quantile scaling release a fixed share of any map, and max-pooling
+    then frees nearly every low-resolution cell).
+    """
+    n = minmax(resample(noise_diff, hw, "area"))
+    if phrase_maps.numel():
+        b, p = phrase_maps.shape[:2]
+        a = minmax(resample(phrase_maps.flatten(0, 1), hw, "area")).view(b, p, *hw)
+        r = F.relu(n - (weights.float()[:, :, None, None] * a).sum(dim=1))
     else:
-        m = F.interpolate(m, size=hw, mode="area")
-    return (1.0 - m[:, 0]).flatten(1)
+        r = n
+    flat = n.flatten(1)
+    med = flat.median(dim=1).values
+    mad = (flat - med[:, None]).abs().median(dim=1).values
+    scale = (1.4826 * mad).clamp_min(1e-3)
+    z = (r - med[:, None, None]) / scale[:, None, None]
+    return ((z - z_lo) / (z_hi - z_lo)).clamp(0.0, 1.0).detach()
+
+
+class ControlMap:
+    """The SFCM of one step, evaluated at whatever resolution a loss needs (cached per resolution).
+
+    ``norm="robust"`` (default): ``robust_sfcm`` at each layer's own resolution. "quantile" / "minmax": the
+    issue-9 map, computed once at latent resolution by ``sfcm`` and resized per layer with ``pool``. ``None``
+    inputs (``use_sfcm=false``) give M ≡ 0: align everywhere.
+    """
+
+    def __init__(self, noise_diff: torch.Tensor | None, phrase_maps: torch.Tensor | None = None,
+                 weights: torch.Tensor | None = None, *, norm: str = "robust", pool: str = "area",
+                 quantile: float = 0.9, blur: int = 0, z: tuple[float, float] = (2.0, 4.0),
+                 shape: tuple[int, int, int] | None = None, device=None) -> None:
+        self.device = noise_diff.device if noise_diff is not None else device
+        self.noise, self.phrases, self.weights = noise_diff, phrase_maps, weights
+        self.norm, self.pool, self.quantile, self.blur, self.z = norm, pool, quantile, blur, z
+        self.shape = tuple(noise_diff.shape) if noise_diff is not None else tuple(shape)
+        self._cache: dict[tuple[int, int], torch.Tensor] = {}
+
+    @classmethod
+    def off(cls, b: int, h: int, w: int, device=None) -> ControlMap:
+        return cls(None, shape=(b, h, w), device=device)
+
+    @property
+    def latent(self) -> torch.Tensor:
+        return self.at(self.shape[-2:])
+
+    def at(self, hw: tuple[int, int]) -> torch.Tensor:
+        hw = (int(hw[0]), int(hw[1]))
+        if hw not in self._cache:
+            self._cache[hw] = self._compute(hw)
+        return self._cache[hw]
+
+    def _compute(self, hw: tuple[int, int]) -> torch.Tensor:
+        if self.noise is None:
+            return torch.zeros(self.shape[0], *hw, device=self.device)
+        n = self.noise
+        if self.blur:
+            k = 2 * self.blur + 1
+            n = F.avg_pool2d(n[:, None].float(), k, stride=1, padding=self.blur, count_include_pad=False)[:, 0]
+        if self.norm == "robust":
+            return robust_sfcm(n, self.phrases, self.weights, hw, *self.z)
+        if tuple(hw) != tuple(self.shape[-2:]):
+            return resample(self.latent, hw, self.pool)
+        return sfcm(n, self.phrases, self.weights, 0, self.quantile if self.norm == "quantile" else None)
+
+    def mean(self) -> float:
+        return float(self.latent.mean())
 
 
 def text_consistent_loss(p_res: torch.Tensor, p_ref: torch.Tensor, idx_res: torch.Tensor, idx_ref: torch.Tensor,
@@ -97,14 +181,16 @@ def fine_grained_loss(q_res: torch.Tensor, q_ref: torch.Tensor, gate: torch.Tens
     return (((q_res.float() - q_ref.detach().float()) ** 2) * gate[:, :, None]).mean()
 
 
-def output_alignment_loss(eps_res: torch.Tensor, eps_ref: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def output_alignment_loss(eps_res: torch.Tensor, eps_ref: torch.Tensor, mask) -> torch.Tensor:
     """L_out: mean_{b,c,h,w} (1 − M) · (ε_res − sg(ε_ref))², at latent resolution.
 
     L_fine's gate acts on 8×8 / 4×4 cross-attention features, whose receptive fields mix the target region with
     everything around it, so even a perfect M there cannot spare the target (measured, docs/method.md). The noise
     prediction has the SFCM's own resolution: here M frees exactly the latent pixels where the target responds.
     """
-    gate = (1.0 - mask.float())[:, None]
+    if isinstance(mask, ControlMap):
+        mask = mask.at(tuple(eps_res.shape[-2:]))
+    gate = (1.0 - mask.float().to(eps_res.device))[:, None]
     return (((eps_res.float() - eps_ref.detach().float()) ** 2) * gate).mean()
 
 

@@ -120,12 +120,42 @@ class SpfMethod(LoraMethod):
             return self.stage1_with_preserve(ctx, batch)
         latents = ctx.encode_images(batch["pixel_values"])
         noisy, _noise, t, target = ctx.add_noise(latents)
+        res_idx, pres_idx = self._split(len(t), step)
+        logs: dict[str, float] = {"stage": 2.0}
+        total = noisy.new_zeros((), dtype=torch.float32)
+        if res_idx is not None:
+            total, logs = self.response_losses(ctx, _take(batch, res_idx), noisy[res_idx], t[res_idx],
+                                               target[res_idx], latents[res_idx], logs, pres_idx is None)
+        if o.use_preserve and pres_idx is not None and pres_idx.numel():
+            eps_ref = logs.pop("_eps_ref", None) if res_idx is pres_idx else None
+            l_pres = self.preserve_loss(ctx, noisy[pres_idx], t[pres_idx],
+                                        [batch["base_text"][i] for i in pres_idx.tolist()], eps_ref)
+            total = total + o.w_preserve * l_pres
+            logs["loss_preserve"] = float(l_pres.detach())
+        logs.pop("_eps_ref", None)
+        return total, logs
+
+    def _split(self, b: int, step: int):
+        """(response indices, preserve indices). Default: both paths on every sample (the same tensor object, so the
+        preserve loss reuses the response step's reference ε). ``preserve_split``: the first half of the batch takes
+        the response path, the rest L_preserve; a batch of one alternates between them by step."""
+        every = torch.arange(b)
+        if not (self.o.use_preserve and self.o.preserve_split):
+            return every, (every if self.o.use_preserve else None)
+        if b == 1:
+            return (every, None) if step % 2 == 0 else (None, every)
+        k = (b + 1) // 2
+        return every[:k], every[k:]
+
+    def response_losses(self, ctx: TrainContext, batch, noisy, t, target, latents, logs, keep_ref: bool):
+        """The dual path and every SFCM-gated loss on these samples (L_diff, L_text, L_fine, L_out, L_enh)."""
+        o = self.o
         eps_ref, eps_res = self.dual_forward(ctx, noisy, t, batch["base_text"], batch["caption"])
         l_diff = diffusion_loss(eps_res, target)
         total = o.w_diffusion * l_diff
-        logs = {"loss_diffusion": float(l_diff.detach()), "stage": 2.0}
+        logs["loss_diffusion"] = float(l_diff.detach())
         mask = self.control_map(ctx, batch, eps_res, eps_ref)
-        logs["sfcm_mean"] = float(mask.mean())
+        logs["sfcm_mean"] = mask.mean()
         if o.use_text:
             l_text = self.text_loss(batch, mask)
             total = total + o.w_text * l_text
@@ -138,14 +168,12 @@ class SpfMethod(LoraMethod):
             l_out = L.output_alignment_loss(eps_res, eps_ref, mask)
             total = total + o.w_out * l_out
             logs["loss_out"] = float(l_out.detach())
-        if o.use_preserve:
-            l_pres = self.preserve_loss(ctx, noisy, t, batch["base_text"], eps_ref)
-            total = total + o.w_preserve * l_pres
-            logs["loss_preserve"] = float(l_pres.detach())
         if o.use_enhanced:
             l_enh = self.enhanced(ctx, batch, noisy, t, latents, eps_res, eps_ref)
             total = total + o.w_enhanced * l_enh
             logs["loss_enhanced"] = float(l_enh.detach())
+        if keep_ref:
+            logs["_eps_ref"] = eps_ref
         return total, logs
 
     def stage1_with_preserve(self, ctx: TrainContext, batch: dict[str, Any]):
@@ -176,13 +204,14 @@ class SpfMethod(LoraMethod):
         return torch.stack([1 - torch.nn.functional.cosine_similarity(self._text_emb[p], tgt, dim=0)
                             for p in phrases]) if phrases else torch.zeros(0)
 
-    def control_map(self, ctx: TrainContext, batch, eps_res, eps_ref) -> torch.Tensor:
-        """M (B, h, w) in [0, 1]; zeros when the SFCM is switched off (align everywhere)."""
+    def control_map(self, ctx: TrainContext, batch, eps_res, eps_ref) -> L.ControlMap:
+        """The SFCM (``L.ControlMap``: M in [0, 1] at any layer resolution); M ≡ 0 when switched off (align
+        everywhere)."""
         h, w = eps_res.shape[-2:]
         b = eps_res.shape[0]
         dev = eps_res.device
         if not self.o.use_sfcm:
-            return torch.zeros(b, h, w, device=dev)
+            return L.ControlMap.off(b, h, w, dev)
         ref = self.store.maps.get("ref", {})
         p_max = max(1, max(len(p) for p in batch["base_phrases"]))
         # token weights (B, P, T): 1/len on each phrase's tokens, so one einsum per layer averages them
@@ -197,8 +226,10 @@ class SpfMethod(LoraMethod):
                     tok_w[i, k, pos] = 1.0 / len(pos)
                     weights[i, k] = dist[k]
         maps = L.phrase_maps([(c.probs.detach(), c.hw) for c in ref.values()], tok_w.to(dev), (h, w))
-        return L.sfcm(L.noise_difference(eps_res, eps_ref), maps, weights.to(dev), self.o.sfcm_blur,
-                      self.o.sfcm_quantile)
+        o = self.o
+        return L.ControlMap(L.noise_difference(eps_res, eps_ref), maps, weights.to(dev), norm=o.sfcm_norm,
+                            pool=o.sfcm_gate_pool, quantile=o.sfcm_quantile or 0.9, blur=o.sfcm_blur,
+                            z=(o.sfcm_z_low, o.sfcm_z_high))
 
     def text_loss(self, batch, mask) -> torch.Tensor:
         ref, res = self.store.maps["ref"], self.store.maps["res"]
@@ -241,9 +272,13 @@ class SpfMethod(LoraMethod):
         if k:
             # classifier-free guidance also runs the empty prompt: an adapter that moves it moves every base prompt
             texts[-k:] = [""] * k
-            eps_u = self.reference_eps(ctx, noisy[-k:], t[-k:], ctx.condition([""] * k))
+        cond = ctx.condition(texts)
+        if eps_ref is None:  # no response step on these samples (preserve_split): one reference pass for all
+            eps_ref = self.reference_eps(ctx, noisy, t, cond)
+        elif k:
+            eps_u = self.reference_eps(ctx, noisy[-k:], t[-k:], cond[-k:])
             eps_ref = torch.cat([eps_ref[:len(texts) - k], eps_u])
-        eps_base = ctx.denoise(noisy, t, ctx.condition(texts))
+        eps_base = ctx.denoise(noisy, t, cond)
         return torch.nn.functional.mse_loss(eps_base.float(), eps_ref.detach().float())
 
     def preserve_prior_loss(self, ctx: TrainContext, b: int) -> torch.Tensor:
@@ -270,23 +305,44 @@ class SpfMethod(LoraMethod):
         return k
 
     def enhanced(self, ctx: TrainContext, batch, noisy, t, latents, eps_res, eps_ref) -> torch.Tensor:
-        valid = t < self.o.enh_max_timestep
-        if not bool(valid.any()):
+        """L_enh on the samples whose timestep passes ``enh_max_timestep`` only: the VAE decode (and its backward)
+        of the others would be wasted, their one-step x̂0 is mostly noise."""
+        keep = (t < self.o.enh_max_timestep).nonzero().flatten()
+        if keep.numel() == 0:
             return eps_res.sum() * 0.0
         emb = self.embedder
-        x0_res = ctx.predict_x0(noisy, eps_res, t)
+        noisy_k, t_k = noisy[keep], t[keep]
+        x0_res = ctx.predict_x0(noisy_k, eps_res[keep], t_k)
         with torch.no_grad():
-            x0_ref = ctx.predict_x0(noisy, eps_ref, t)
+            x0_ref = ctx.predict_x0(noisy_k, eps_ref[keep], t_k)
             e_ref = emb.embed_latents(x0_ref, ctx.vae)
             if self.enh_direction == "text":
-                direction = emb.text_direction(batch["base_text"], batch["caption"])
+                idx = keep.tolist()
+                direction = emb.text_direction([batch["base_text"][i] for i in idx], [batch["caption"][i] for i in idx])
             else:
-                e_gt = emb.embed_pixels(batch["pixel_values"], ctx.vae, latents=latents)
+                e_gt = emb.embed_pixels(batch["pixel_values"][keep], ctx.vae, latents=latents[keep])
                 direction = e_gt - e_ref
         e_res = emb.embed_latents(x0_res, ctx.vae)
+        valid = torch.ones(keep.numel(), dtype=torch.bool, device=e_res.device)
         return L.enhanced_loss(e_res, e_ref, direction, valid)
 
     def save_adapter(self, ctx: TrainContext, out_dir):
         info = super().save_adapter(ctx, out_dir)
         info.update(method=self.name, spf=self.o.model_dump(mode="json"))
         return info
+
+
+def _take(batch: dict[str, Any], idx: torch.Tensor) -> dict[str, Any]:
+    """The samples ``idx`` of a batch (tensors indexed, per-sample lists picked, anything else kept)."""
+    if idx.numel() and idx.numel() == len(batch["base_text"]) and bool((idx == torch.arange(idx.numel())).all()):
+        return batch
+    ii = idx.tolist()
+    out = {}
+    for k, v in batch.items():
+        if isinstance(v, torch.Tensor) and v.dim() and v.shape[0] == len(batch["base_text"]):
+            out[k] = v[idx.to(v.device)]
+        elif isinstance(v, list) and len(v) == len(batch["base_text"]):
+            out[k] = [v[i] for i in ii]
+        else:
+            out[k] = v
+    return out
