@@ -49,7 +49,7 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "spf-paper w/o SFCM": ("spf", {"preset": "spf-paper", "use_sfcm": False}),
 }
 DEFAULT_VARIANTS = ["naive", "lora", "spf", "spf split", "spf w/o SFCM", "spf-paper", "spf issue-9 SFCM"]
-DEFAULT_CONFIGS = "background=red+expression=smiling:7:123;background=blue+expression=neutral expression:11:321"
+DEFAULT_CONFIGS = "background=red+expression=smiling:7:123;background=blue+expression=neutral:11:321"
 # the two SFCM settings whose overlap with the rendered glasses is reported
 SFCM_SETTINGS = {"robust (now)": {"sfcm_norm": "robust"},
                  "quantile+max (issue 9)": {"sfcm_norm": "quantile", "sfcm_gate_pool": "max"}}
