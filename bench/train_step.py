@@ -25,9 +25,14 @@ VARIANTS = {
     "lora": {"method": "lora"},
     # the paper's dual path (issue 4's goal): our L_preserve (one more forward/backward) and L_out switched off
     "spf-no-enh": {"method": "spf", "spf": {"use_enhanced": False, "use_preserve": False, "use_out": False}},
+    # the default preset without a CLIP (L_enh is then off): dual path + L_out + L_preserve on every sample
     "spf-default-no-enh": {"method": "spf", "spf": {"use_enhanced": False}},
-    "spf": {"method": "spf", "spf": {"enh_max_timestep": 1000}},
+    # the same, each batch split between the response path and L_preserve (spf.preserve_split)
+    "spf-split-no-enh": {"method": "spf", "spf": {"use_enhanced": False, "preserve_split": True}},
+    # the default preset with the world's CLIP configured (tiny only: L_enh decodes x̂0 for every sample)
+    "spf": {"method": "spf", "spf": {"enh_max_timestep": 1000}, "clip": True},
 }
+DEFAULT_VARIANTS = {"tiny": list(VARIANTS), "sd15": [v for v in VARIANTS if not VARIANTS[v].get("clip")]}
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -54,6 +59,8 @@ def _trainer(variant: str, opts: dict):
     model = str(tmp / "tiny-sd") if pipe is None else f"{opts['config']}-random"
     v = VARIANTS[variant]
     spf = {"stage1_steps": 0, **v.get("spf", {})}
+    if v.get("clip"):
+        spf["image_embedder"] = str(ROOT / "assets" / "world" / "clip")
     if opts.get("capture"):
         spf["capture_layers"] = opts["capture"].split(",")
     cfg = TrainConfig.build(
@@ -97,15 +104,37 @@ def _child_memory(variant: str, opts: dict, out_json: str) -> None:
         with open("/proc/self/statm") as f:
             return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
+    import gc
+    import threading
+
     tr = _trainer(variant, opts)
     cuda = torch.cuda.is_available()
     if cuda:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
+    gc.collect()
     rss0 = rss_mb()
-    times = [_timed_step(tr) for _ in range(opts["steps"])]
+    # the step's own memory (activations, gradients, transient buffers) on CPU: RSS sampled during the steps, above
+    # the resident baseline of weights + optimizer state; the parent sets MALLOC_MMAP_THRESHOLD_ so freed
+    # activation buffers go back to the OS and the baseline does not already hold the last step's peak
+    peak = [rss0]
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.is_set():
+            peak[0] = max(peak[0], rss_mb())
+            stop.wait(0.002)
+
+    th = threading.Thread(target=sample, daemon=True)
+    th.start()
+    try:
+        times = [_timed_step(tr) for _ in range(opts["steps"])]
+    finally:
+        stop.set()
+        th.join()
     res = {"variant": variant, "alone_median_s": sorted(times)[len(times) // 2],
            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "rss_growth_mb": rss_mb() - rss0,
+           "step_peak_mb": peak[0] - rss0, "baseline_rss_mb": rss0,
            "device": torch.cuda.get_device_name() if cuda else "cpu"}
     if cuda:
         res["peak_cuda_mb"] = torch.cuda.max_memory_allocated() / 2**20
@@ -149,7 +178,7 @@ def run(options: dict[str, str]) -> dict:
         "checkpointing": opt(options, "checkpointing", 0, int),
         "capture": opt(options, "capture", "", str),
     }
-    variants = opt(options, "variants", ",".join(VARIANTS), str).split(",")
+    variants = opt(options, "variants", ",".join(DEFAULT_VARIANTS[config]), str).split(",")
     bad = [v for v in variants if v not in VARIANTS]
     if bad:
         raise SpfError(f"bench option variants: unknown {bad}; expected {', '.join(VARIANTS)}")
@@ -159,7 +188,8 @@ def run(options: dict[str, str]) -> dict:
             from spf_lib.models.factory import save_tiny_pipeline
 
             save_tiny_pipeline(Path(tmp) / "tiny-sd")
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+               "MALLOC_MMAP_THRESHOLD_": "65536"}
 
         def child(*args: str) -> dict:
             out = Path(tmp) / "child.json"
@@ -174,13 +204,13 @@ def run(options: dict[str, str]) -> dict:
         for v in variants:
             t = timing[v] if timing else {"median_s": results[v]["alone_median_s"], "min_s": None}
             results[v].update(median_s=t["median_s"], min_s=t["min_s"] or t["median_s"])
-    mem_key = "peak_cuda_mb" if "peak_cuda_mb" in next(iter(results.values())) else "peak_rss_mb"
+    mem_key = "peak_cuda_mb" if "peak_cuda_mb" in next(iter(results.values())) else "step_peak_mb"
     base = results.get("lora")
     rows, figures = [], {}
     for v, r in results.items():
         t_ratio = r["median_s"] / base["median_s"] if base else None
         m_ratio = r[mem_key] / base[mem_key] if base else None
-        rows.append([v, r["median_s"] * 1000, r["min_s"] * 1000, r[mem_key], r["rss_growth_mb"],
+        rows.append([v, r["median_s"] * 1000, r["min_s"] * 1000, r[mem_key], r["peak_rss_mb"],
                      t_ratio if t_ratio is not None else "-", m_ratio if m_ratio is not None else "-"])
         figures[v] = {**r, "time_ratio_vs_lora": t_ratio, "mem_ratio_vs_lora": m_ratio}
     dev = next(iter(results.values()))["device"]
@@ -188,17 +218,21 @@ def run(options: dict[str, str]) -> dict:
     return {
         "title": (f"train step: LoRA vs SPF stage 2 ({config}{shrunk}, {opts['resolution']} px, "
                   f"{opts['mixed_precision']}, {dev})"),
-        "columns": ["variant", "median ms", "min ms", mem_key, "rss growth MB", "time × LoRA", "mem × LoRA"],
+        "columns": ["variant", "median ms", "min ms", mem_key, "process peak RSS MB", "time × LoRA", "mem × LoRA"],
         "rows": rows,
         "figures": {"config": {k: v for k, v in opts.items() if k != "tmp"}, "device": dev, "variants": figures},
         "notes": [
             ("goals: spf-no-enh time × LoRA ≤ 1.4, mem × LoRA ≤ 1.15 (the extra no-grad reference forward alone "
              "costs ~1.33×)"),
-            (f"memory column = {mem_key}, each variant alone in its own process; times = medians of steps "
-             "interleaved round-robin in one process; on CPU they are process CPU seconds with 1 torch thread"),
+            (f"memory column = {mem_key}, each variant alone in its own process (CPU: peak RSS sampled during the "
+             "timed steps minus the resident weights + optimizer state before them = the step's activations, "
+             "gradients and buffers); times = medians of steps interleaved round-robin in one process; on CPU they "
+             "are process CPU seconds with 1 torch thread"),
             ("spf-no-enh = the paper's dual path (L_text, L_fine, SFCM); spf-default-no-enh adds our L_out and "
-             "L_preserve (base + empty prompt: one more forward/backward, half a no-grad forward); spf = defaults + "
-             "L_enhanced with the configured embedder (default the latent-pool fallback, no VAE decode)"),
+             "L_preserve (base + empty prompt: one more forward/backward, half a no-grad forward) = the default "
+             "preset when no CLIP is configured; spf-split-no-enh splits each batch between the response path and "
+             "L_preserve (spf.preserve_split); spf = the default preset with the world's CLIP (L_enhanced decodes "
+             "x̂0 through the VAE)"),
         ],
     }
 
