@@ -395,3 +395,67 @@ def identity_lora(unet):
             for n, p in unet.named_parameters():
                 if n in saved:
                     p.copy_(saved[n])
+
+
+# ---- issue 15: presets, L_enh only with a CLIP and only where it counts, split batches -----------------------
+def test_presets_and_enhanced_needs_a_clip():
+    from spf_lib.train.config import SpfOptions
+
+    paper = SpfOptions(preset="spf-paper")
+    assert (paper.use_out, paper.use_preserve, paper.stage1_steps, paper.text_include_special) == (False, False, None,
+                                                                                                     True)
+    assert SpfOptions(preset="spf-paper", use_preserve=True).use_preserve  # explicit fields win over the preset
+    ours = SpfOptions()
+    assert ours.preset == "spf" and ours.use_out and ours.use_preserve and ours.stage1_steps == 0
+    assert not ours.use_enhanced                                      # no CLIP: L_enh is off, and the config says so
+    assert SpfOptions(image_embedder="some/clip").use_enhanced
+    again = SpfOptions(**paper.model_dump())                           # a resolved config reloads unchanged
+    assert again == paper
+
+
+def test_enhanced_decodes_only_samples_past_the_threshold(trainer):
+    ctx, m = trainer.ctx, trainer.method
+    batch = {**trainer.source.batch(0)}
+    batch = {k: (v.repeat(3, 1, 1, 1) if k == "pixel_values" else v * 3 if isinstance(v, list) else v)
+             for k, v in batch.items()}
+    lat = ctx.encode_images(batch["pixel_values"])
+    noise = torch.randn(lat.shape, generator=torch.Generator().manual_seed(0))
+    t = torch.tensor([100, 900, 300])
+    noisy = ctx.noise_scheduler.add_noise(lat, noise, t)
+    seen = []
+    real = m.embedder.embed_latents
+    m.embedder.embed_latents = lambda x, vae: seen.append(x.shape[0]) or real(x, vae)
+    saved = m.o
+    try:
+        m.o = saved.model_copy(update={"enh_max_timestep": 500})
+        eps_ref, eps_res = m.dual_forward(ctx, noisy, t, batch["base_text"], batch["caption"])
+        loss = m.enhanced(ctx, batch, noisy, t, lat, eps_res, eps_ref)
+        assert seen == [2, 2] and torch.isfinite(loss)                # reference + response, 2 of 3 samples each
+        seen.clear()
+        assert float(m.enhanced(ctx, batch, noisy, torch.tensor([900, 800, 700]), lat, eps_res, eps_ref)) == 0
+        assert seen == []                                              # nothing decoded
+    finally:
+        m.o, m.embedder.embed_latents = saved, real
+
+
+def test_preserve_split_runs_each_sample_through_one_path(trainer):
+    ctx, m = trainer.ctx, trainer.method
+    saved = m.o
+    calls = []
+    hook = ctx.unet.register_forward_pre_hook(lambda mod, args: calls.append(args[0].shape[0]))
+    try:
+        m.o = saved.model_copy(update={"preserve_split": True, "use_enhanced": False})
+        assert [x.tolist() for x in m._split(4, 0)] == [[0, 1], [2, 3]]
+        batch = trainer.source.batch(0)                                # batch 1: alternates by step
+        _, logs0 = m.compute_loss(ctx, batch, 0)
+        n0 = len(calls)
+        _, logs1 = m.compute_loss(ctx, batch, 1)
+        assert "loss_diffusion" in logs0 and "loss_preserve" not in logs0 and n0 == 2      # reference + response
+        assert "loss_preserve" in logs1 and "loss_diffusion" not in logs1 and len(calls) - n0 == 2
+        m.o = saved.model_copy(update={"preserve_split": False, "use_enhanced": False, "preserve_uncond_frac": 0.0})
+        calls.clear()
+        _, logs = m.compute_loss(ctx, batch, 0)
+        assert {"loss_diffusion", "loss_preserve"} <= logs.keys() and len(calls) == 3  # + the base-text tuned pass
+    finally:
+        hook.remove()
+        m.o = saved

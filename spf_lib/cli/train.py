@@ -31,6 +31,8 @@ def train(
     device: Annotated[str | None, typer.Option("--device", help="cpu | cuda | cuda:N (default: cuda if available)")] = None,
     allow_failed_qa: Annotated[bool | None, typer.Option("--allow-failed-qa", help="train on a prepare output "
                                                          "whose QA failed (logged)")] = None,
+    spf_preset: Annotated[str | None, typer.Option("--spf-preset", help="spf (our best measured configuration, "
+                                                   "default) | spf-paper (the paper's losses and two-stage schedule)")] = None,
 ) -> None:
     """Fine-tune a base model with one of the training methods (LoRA, SPF-Portrait, ...)."""
     if method is not None and method not in METHODS:
@@ -39,15 +41,18 @@ def train(
                  "seed": seed, "lr": lr, "rank": rank, "resolution": resolution, "batch_size": batch_size,
                  "mixed_precision": mixed_precision, "resume": resume, "mlflow": mlflow, "device": device,
                  "allow_failed_qa": allow_failed_qa}
-    from spf_lib.train.config import TrainConfig
+    from spf_lib.train.config import SPF_PRESETS, TrainConfig
 
+    if spf_preset is not None and spf_preset not in SPF_PRESETS:
+        raise SpfError(f"--spf-preset {spf_preset!r}: expected one of {', '.join(SPF_PRESETS)}")
     if config is not None:
-        cfg = TrainConfig.from_file(config, **overrides)
+        cfg = TrainConfig.from_file(config, spf_preset=spf_preset, **overrides)
     else:
         missing = [f"--{k}" for k, v in (("base-model", base_model), ("data", data), ("output", output)) if v is None]
         if missing:
             raise SpfError(f"spf train: missing {', '.join(missing)} (or give --config FILE)")
-        cfg = TrainConfig.build("spf train", **{k: v for k, v in overrides.items() if v is not None})
+        spf = {"spf": {"preset": spf_preset}} if spf_preset else {}
+        cfg = TrainConfig.build("spf train", **{k: v for k, v in overrides.items() if v is not None}, **spf)
     import logging
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")

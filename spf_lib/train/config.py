@@ -195,8 +195,9 @@ class TrainConfig(_Strict):
             raise SpfError(f"{source}: {format_validation_error(e)}") from None
 
     @classmethod
-    def from_file(cls, path: str | Path, **overrides: Any) -> TrainConfig:
-        """Read JSON or YAML, then apply CLI overrides (None values are ignored)."""
+    def from_file(cls, path: str | Path, spf_preset: str | None = None, **overrides: Any) -> TrainConfig:
+        """Read JSON or YAML, then apply CLI overrides (None values are ignored); ``spf_preset`` sets
+        ``spf.preset`` (fields the file sets in ``spf`` still win over the preset)."""
         p = Path(path)
         if not p.is_file():
             raise SpfError(f"{p}: config file does not exist")
@@ -213,6 +214,11 @@ class TrainConfig(_Strict):
         if not isinstance(data, dict):
             raise SpfError(f"{p}: top level must be a mapping of TrainConfig fields")
         data.update({k: v for k, v in overrides.items() if v is not None})
+        if spf_preset is not None:
+            spf = data.get("spf") or {}
+            if not isinstance(spf, dict):
+                raise SpfError(f"{p}: spf must be a mapping of SPF options")
+            data["spf"] = {**spf, "preset": spf_preset}
         return cls.build(str(p), **data)
 
     def to_json_dict(self) -> dict[str, Any]:

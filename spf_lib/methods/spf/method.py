@@ -125,7 +125,7 @@ class SpfMethod(LoraMethod):
         total = noisy.new_zeros((), dtype=torch.float32)
         if res_idx is not None:
             total, logs = self.response_losses(ctx, _take(batch, res_idx), noisy[res_idx], t[res_idx],
-                                               target[res_idx], latents[res_idx], logs, pres_idx is None)
+                                               target[res_idx], latents[res_idx], logs, res_idx is pres_idx)
         if o.use_preserve and pres_idx is not None and pres_idx.numel():
             eps_ref = logs.pop("_eps_ref", None) if res_idx is pres_idx else None
             l_pres = self.preserve_loss(ctx, noisy[pres_idx], t[pres_idx],
