@@ -380,9 +380,9 @@ def run(options: dict[str, str]) -> dict:
         return opt(options, key, q.get(key, default), cast)
 
     o = {
-        "steps": get("steps", 300, int), "every": get("every", 50, int), "naive_lr": get("naive_lr", 2e-4, float),
+        "steps": get("steps", 300, int), "every": get("every", 75, int), "naive_lr": get("naive_lr", 2e-4, float),
         "lr": get("lr", 3e-3, float), "rank": get("rank", 8, int), "batch": get("batch", 8, int),
-        "n_ft": get("n_ft", 48, int), "n_prompts": get("n_prompts", 8, int), "n_seeds": get("n_seeds", 2, int),
+        "n_ft": get("n_ft", 48, int), "n_prompts": get("n_prompts", 6, int), "n_seeds": get("n_seeds", 2, int),
         "infer_steps": get("infer_steps", 20, int), "guidance": get("guidance", 4.0, float),
         "threads": get("threads", 1, int), "jobs": get("jobs", 2, int), "overlap_n": get("overlap_n", 8, int),
         "base": Path(get("base", str(ASSETS / "base"), str)), "probes": Path(get("probes", str(ASSETS / "probes"), str)),
