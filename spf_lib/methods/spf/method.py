@@ -123,16 +123,17 @@ class SpfMethod(LoraMethod):
         res_idx, pres_idx = self._split(len(t), step)
         logs: dict[str, float] = {"stage": 2.0}
         total = noisy.new_zeros((), dtype=torch.float32)
+        eps_ref = None
         if res_idx is not None:
-            total, logs = self.response_losses(ctx, _take(batch, res_idx), noisy[res_idx], t[res_idx],
-                                               target[res_idx], latents[res_idx], logs, res_idx is pres_idx)
-        if o.use_preserve and pres_idx is not None and pres_idx.numel():
-            eps_ref = logs.pop("_eps_ref", None) if res_idx is pres_idx else None
+            total, eps_ref = self.response_losses(ctx, _take(batch, res_idx), noisy[res_idx], t[res_idx],
+                                                  target[res_idx], latents[res_idx], logs)
+        if pres_idx is not None and pres_idx.numel():
+            # unsplit: the same samples, so the response step's reference ε (base text, same z_t) is reused
             l_pres = self.preserve_loss(ctx, noisy[pres_idx], t[pres_idx],
-                                        [batch["base_text"][i] for i in pres_idx.tolist()], eps_ref)
+                                        [batch["base_text"][i] for i in pres_idx.tolist()],
+                                        eps_ref if res_idx is pres_idx else None)
             total = total + o.w_preserve * l_pres
             logs["loss_preserve"] = float(l_pres.detach())
-        logs.pop("_eps_ref", None)
         return total, logs
 
     def _split(self, b: int, step: int):
@@ -147,8 +148,9 @@ class SpfMethod(LoraMethod):
         k = (b + 1) // 2
         return every[:k], every[k:]
 
-    def response_losses(self, ctx: TrainContext, batch, noisy, t, target, latents, logs, keep_ref: bool):
-        """The dual path and every SFCM-gated loss on these samples (L_diff, L_text, L_fine, L_out, L_enh)."""
+    def response_losses(self, ctx: TrainContext, batch, noisy, t, target, latents, logs: dict[str, float]):
+        """The dual path and every SFCM-gated loss on these samples (L_diff, L_text, L_fine, L_out, L_enh), logged
+        into ``logs``; returns (loss, ε_ref)."""
         o = self.o
         eps_ref, eps_res = self.dual_forward(ctx, noisy, t, batch["base_text"], batch["caption"])
         l_diff = diffusion_loss(eps_res, target)
@@ -172,9 +174,7 @@ class SpfMethod(LoraMethod):
             l_enh = self.enhanced(ctx, batch, noisy, t, latents, eps_res, eps_ref)
             total = total + o.w_enhanced * l_enh
             logs["loss_enhanced"] = float(l_enh.detach())
-        if keep_ref:
-            logs["_eps_ref"] = eps_ref
-        return total, logs
+        return total, eps_ref
 
     def stage1_with_preserve(self, ctx: TrainContext, batch: dict[str, Any]):
         """Stage 1 = L_diff on the caption + L_preserve on the base text: the target is learned as a response to the
