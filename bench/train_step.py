@@ -1,15 +1,17 @@
 """Step time and peak memory: LoRA step vs SPF stage-2 step (without and with L_enhanced), side by side.
 
 Each variant runs in its own subprocess so its peak memory is its own (CUDA: torch.cuda.max_memory_allocated over
-the timed steps; CPU: the process's peak RSS and the growth of RSS during the steps). Model ``tiny`` (default on
+the timed steps; CPU: the step's own memory = peak RSS sampled during the timed steps above the resident weights and
+optimizer state before them, so activations are what is compared, not the ~600 MB of libraries). Model ``tiny`` (default on
 CPU) uses the project's tiny SD; ``sd15`` (default on CUDA), ``sdxl`` and ``sd3`` are the published architectures
 (spf_lib.models.architectures) with random weights (speed and memory do not depend on the weights), built directly in
 bf16 when mixed_precision=bf16.
 
 Options: model=tiny|sd15|sdxl|sd3 (config= is the same option), width_divisor=N (sdxl: every width / N, depths
 kept), steps=N (timed), warmup=N, batch=N, resolution=N, mixed_precision=no|bf16,
-capture=PATTERN[,PATTERN], checkpointing=0|1, variants=lora,spf-no-enh,spf-default-no-enh,spf.
-Goals (issue 4): SPF stage-2 without L_enh ≤ 1.4× LoRA step time, peak memory ≤ 1.15× LoRA.
+capture=PATTERN[,PATTERN], checkpointing=0|1, interleave=0|1,
+variants=lora,spf-no-enh,spf-default-no-enh,spf-split-no-enh,spf (spf, with the world's CLIP: tiny only).
+Goals (issues 4, 15): SPF stage-2 step ≤ 1.4× LoRA step time, step memory ≤ 1.15× LoRA.
 """
 
 from __future__ import annotations
@@ -32,7 +34,8 @@ VARIANTS = {
     # the default preset with the world's CLIP configured (tiny only: L_enh decodes x̂0 for every sample)
     "spf": {"method": "spf", "spf": {"enh_max_timestep": 1000}, "clip": True},
 }
-DEFAULT_VARIANTS = {"tiny": list(VARIANTS), "sd15": [v for v in VARIANTS if not VARIANTS[v].get("clip")]}
+# the CLIP variant uses the world's 64-px CLIP: only the tiny model decodes images it was made for
+NO_CLIP_VARIANTS = [v for v in VARIANTS if not VARIANTS[v].get("clip")]
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -178,7 +181,7 @@ def run(options: dict[str, str]) -> dict:
         "checkpointing": opt(options, "checkpointing", 0, int),
         "capture": opt(options, "capture", "", str),
     }
-    variants = opt(options, "variants", ",".join(DEFAULT_VARIANTS[config]), str).split(",")
+    variants = opt(options, "variants", ",".join(VARIANTS if config == "tiny" else NO_CLIP_VARIANTS), str).split(",")
     bad = [v for v in variants if v not in VARIANTS]
     if bad:
         raise SpfError(f"bench option variants: unknown {bad}; expected {', '.join(VARIANTS)}")
