@@ -30,6 +30,7 @@ class _TaskLog(io.TextIOBase):
         r"Skipping registering function .* because it"  # Great Expectations, ~150 lines per prepare
         r"|requires torchvision \(not installed\); falling back to"  # transformers' image processors, harmless
         r"|No LoRA keys associated to CLIPTextModel found"  # diffusers: our adapters have no text-encoder part
+        r"|FutureWarning: `torch_dtype` is deprecated"  # raised inside diffusers' own loaders (ours pass dtype=)
     )
     THROTTLE_S = 10.0
     ANSI = re.compile(r"\x1b\[[0-9;]*m")
