@@ -75,7 +75,7 @@ def demo(
     configs = demo_configs(ws.resolution, steps, method, eval_prompts=eval_prompts, eval_seeds=eval_seeds,
                            world=Path(ws.base_model).resolve() == WORLD_BASE.resolve())
     if gate_override is not None:
-        configs["gate_rules"] = gate_override.model_dump(mode="json")
+        configs["gate_rules"] = gate_override.model_dump(mode="json", exclude_none=True)  # KFP structs: no null
     # The rules the gate used, as a file: `spf promote NAME --rules` applies the same ones by hand.
     (ws.root / "gate-rules.json").write_text(json.dumps(configs["gate_rules"], indent=2) + "\n")
     params = {"data_repo": ws.data_repo, "data_rev": ws.data_rev, "base_model": ws.base_model, "method": method,
