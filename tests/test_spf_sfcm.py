@@ -119,3 +119,14 @@ def test_identical_paths_release_nothing():
     cm = _map(torch.zeros(1, 64, 64))
     for res in RES:
         assert cm.at((res, res)).max() == 0
+
+
+def test_issue9_maps_stay_one_config_edit_away():
+    """sfcm_norm=quantile reproduces issue 9's latent map (quantile None = min-max), resized per layer by the pool."""
+    n = L.minmax(0.1 * _noise() + _region(TARGET))
+    none = (torch.zeros(1, 0, 64, 64), torch.zeros(1, 0))
+    q = L.ControlMap(n, *none, norm="quantile", pool="max", quantile=0.9)
+    mm = L.ControlMap(n, *none, norm="quantile", quantile=None)
+    assert torch.equal(q.latent, L.sfcm(n, *none, quantile=0.9))
+    assert torch.equal(mm.latent, L.sfcm(n, *none))
+    assert torch.equal(q.at((8, 8)), torch.nn.functional.adaptive_max_pool2d(q.latent[:, None], 8)[:, 0])

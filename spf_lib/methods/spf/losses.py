@@ -122,7 +122,7 @@ class ControlMap:
 
     def __init__(self, noise_diff: torch.Tensor | None, phrase_maps: torch.Tensor | None = None,
                  weights: torch.Tensor | None = None, *, norm: str = "robust", pool: str = "area",
-                 quantile: float = 0.9, blur: int = 0, z: tuple[float, float] = (2.0, 4.0),
+                 quantile: float | None = 0.9, blur: int = 0, z: tuple[float, float] = (2.0, 4.0),
                  shape: tuple[int, int, int] | None = None, device=None) -> None:
         self.device = noise_diff.device if noise_diff is not None else device
         self.noise, self.phrases, self.weights = noise_diff, phrase_maps, weights

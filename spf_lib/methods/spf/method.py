@@ -228,7 +228,7 @@ class SpfMethod(LoraMethod):
         maps = L.phrase_maps([(c.probs.detach(), c.hw) for c in ref.values()], tok_w.to(dev), (h, w))
         o = self.o
         return L.ControlMap(L.noise_difference(eps_res, eps_ref), maps, weights.to(dev), norm=o.sfcm_norm,
-                            pool=o.sfcm_gate_pool, quantile=o.sfcm_quantile or 0.9, blur=o.sfcm_blur,
+                            pool=o.sfcm_gate_pool, quantile=o.sfcm_quantile, blur=o.sfcm_blur,
                             z=(o.sfcm_z_low, o.sfcm_z_high))
 
     def text_loss(self, batch, mask) -> torch.Tensor:
