@@ -153,6 +153,7 @@ def _register_once(adapter_dir: Path, info: dict, base_ref: str, metrics: Metric
         mv = mlflow.register_model(model_uri, name, tags=version_tags, await_registration_for=60)
         mv = _one_version(client, name, key, mv)
         client.update_model_version(name, mv.version, description=description)
+        client.set_tag(run_id, "mlflow.note.content", description)  # the run page's Description
         client.set_registered_model_alias(name, CHALLENGER, mv.version)
     except BaseException:
         if owned:  # best effort: the retry reuses (and finishes) this run; if the server is gone it will
