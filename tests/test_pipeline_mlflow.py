@@ -18,8 +18,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _eval_helpers import SMALL_EVAL_SET
-from _registry_helpers import mlflow_server  # noqa: F401
+from _registry_helpers import MlflowServer
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
@@ -28,7 +27,15 @@ NAME = "e2e-mlflow"
 
 
 @pytest.fixture(scope="module")
-def pipeline(mlflow_server, tmp_path_factory):  # noqa: F811
+def mlflow_server(tmp_path_factory):
+    server = MlflowServer(tmp_path_factory.mktemp("mlflow-server"))
+    server.start(timeout=300)  # a busy CI machine starts it slowly
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def pipeline(mlflow_server, tmp_path_factory):
     from pipelines.local import run_local
     from spf_lib.demo import demo_configs, prepare_workspace
 
@@ -37,12 +44,10 @@ def pipeline(mlflow_server, tmp_path_factory):  # noqa: F811
     mp.setenv("MLFLOW_TRACKING_URI", mlflow_server.uri)
     mp.setenv("SPF_EXPERIMENT", "pipeline-e2e")
     try:
-        configs = demo_configs(ws.resolution, steps=2, method="spf")
-        train = {**json.loads(configs["train_config_json"]),
-                 "validation": {"every": 1, "num_inference_steps": 2, "prompts": ["a photo of a woman"]}}
-        configs["train_config_json"] = json.dumps(train)
-        configs["eval_config_json"] = json.dumps({**json.loads(configs["eval_config_json"]),
-                                                  "num_inference_steps": 2, "eval_set": SMALL_EVAL_SET})
+        configs = demo_configs(ws.resolution, steps=2, method="spf", eval_prompts=1, eval_seeds=1)
+        configs["train_config"].update(batch_size=2, validation={
+            "every": 1, "num_inference_steps": 2, "prompts": ["a photo of a woman"], "seeds": [0]})
+        configs["eval_config"].update(num_inference_steps=2)
         params = {"data_repo": ws.data_repo, "data_rev": ws.data_rev, "base_model": ws.base_model,
                   "method": "spf", "model_name": NAME, **configs}
         root = tmp_path_factory.mktemp("root")
@@ -58,7 +63,7 @@ def _client(server):
     return MlflowClient(tracking_uri=server.uri, registry_uri=server.uri)
 
 
-def test_the_pipeline_run_is_one_mlflow_run_with_everything_in_it(pipeline, mlflow_server, tmp_path):  # noqa: F811
+def test_the_pipeline_run_is_one_mlflow_run_with_everything_in_it(pipeline, mlflow_server, tmp_path):
     ws, out = pipeline
     client = _client(mlflow_server)
     reg = out["registration"]["registered"]
@@ -128,14 +133,15 @@ def _screenshots(folder: Path, uri: str, exp_id: str, run_id: str, version: str,
     if not Path(CHROMIUM).exists():
         pytest.skip(f"{CHROMIUM} missing: run scripts/setup-system.sh (apt chromium)")
     folder.mkdir(parents=True, exist_ok=True)
-    from spf_lib.registry.session import ui_url
+    from spf_lib.registry.session import CLASSIC_VIEW, ui_url
 
+    run = f"{uri}/#/experiments/{exp_id}/runs/{run_id}"
     pages = {
         "experiment.png": ui_url(uri, experiment_id=exp_id),
         "run.png": ui_url(uri, experiment_id=exp_id, run_id=run_id),
-        "run-charts.png": f"{uri}/#/experiments/{exp_id}/runs/{run_id}/model-metrics",
-        "run-card.png": f"{uri}/#/experiments/{exp_id}/runs/{run_id}/artifacts/model_card/card.html",
-        "run-report.png": f"{uri}/#/experiments/{exp_id}/runs/{run_id}/artifacts/eval/report_single_file.html",
+        "run-charts.png": f"{run}/model-metrics?{CLASSIC_VIEW}",
+        "run-card.png": f"{run}/artifacts/model_card/card.html?{CLASSIC_VIEW}",
+        "run-report.png": f"{run}/artifacts/eval/report_single_file.html?{CLASSIC_VIEW}",
         "model-version.png": ui_url(uri, model=NAME, version=version),
     }
     for name, url in pages.items():
