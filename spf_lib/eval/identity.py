@@ -65,7 +65,7 @@ def upscale(image: Any, min_size: int) -> Any:
 
 
 #: dlib's same-person threshold on the evaluation's ID scale (score 0.5 = L2 0.6); ONNX (ArcFace-style cosine)
-#: users set their own floor in gate_rules_json.
+#: users set their own floor in gate_rules.
 ID_REF_FLOOR = 0.5
 
 
