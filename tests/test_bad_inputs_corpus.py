@@ -323,6 +323,9 @@ def test_bad_input_corpus(world, store, monkeypatch, capsys):
             if _tree(root / p) != tree:
                 failures.append(f"{cid}: previous output {p} changed")
     with capsys.disabled():
-        print(f"\nbad-input corpus: {len(cases)} inputs, {len(failures)} failures")
+        from collections import Counter
+
+        per = Counter(" ".join(argv[:2]) if argv[0] == "data" else argv[0] for _, argv, _, _ in cases)
+        print(f"\nbad-input corpus: {len(cases)} inputs ({dict(per)}), {len(failures)} failures")
     assert len(cases) >= 60
     assert not failures, "\n".join(failures)

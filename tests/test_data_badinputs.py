@@ -160,7 +160,7 @@ def test_caption_sources_and_details(corpus_run):
     assert df.loc["images/cmyk.jpg", "caption_source"].startswith("jsonl:")
     assert df.loc["images/cmyk.jpg", "target_phrase"] == "wearing round glasses"
     rejected = read_rejected(out)
-    assert "MP > 100 MP" in rejected["images/bomb.png"][1]
+    assert "MP > 25 MP" in rejected["images/bomb.png"][1]
     assert "confidential" in rejected["images/forbidden.png"][1]
 
 

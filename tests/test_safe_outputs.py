@@ -190,7 +190,7 @@ def test_two_trainings_on_one_folder_20_trials(tmp_path):
     """The training loop is replaced by a stub that waits until the parent releases it, so each trial holds the
     lock exactly while the second `train()` tries to take it: 20 trials run in seconds and the lock is the only
     thing that decides. A broken lock lets both reach the stub, and the trial fails. A real two-process `spf train`
-    race is in tests/test_concurrency.py."""
+    race is `test_two_spf_train_processes_on_one_folder` below."""
     ctx = multiprocessing.get_context("fork")
     data = make_dataset(tmp_path / "data", n=2)
     outcomes = []
@@ -257,3 +257,22 @@ def test_train_refuses_qa_failed_data_and_bad_device(tmp_path, tiny_model_dir):
             train(cfg.model_copy(update={"device": "cuda:7", "allow_failed_qa": True}))
     r = train(cfg.model_copy(update={"allow_failed_qa": True, "steps": 1}))
     assert r.steps == 1
+
+
+@pytest.mark.slow
+def test_two_spf_train_processes_on_one_folder(tmp_path, tiny_model_dir):
+    """The real thing once: two `spf train` processes on one --output, started together. One trains; the other
+    stops at the lock with one line. (20 cheap trials of the same lock: the stubbed test above.)"""
+    import subprocess
+
+    data = make_dataset(tmp_path / "data", n=2)
+    argv = [sys.executable, "-m", "spf_lib.cli.main", "train", "--base-model", str(tiny_model_dir), "--data",
+            str(data), "--output", str(tmp_path / "out"), "--steps", "4", "--resolution", "64", "--device", "cpu"]
+    procs = [subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    results = [(p.wait(600), p.stderr.read()) for p in procs]
+    codes = sorted(rc for rc, _ in results)
+    assert codes == [0, 2], results
+    loser = next(err for rc, err in results if rc == 2)
+    errors = [ln for ln in loser.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1 and "another spf process is writing it" in errors[0] and "Traceback" not in loser
+    assert json.loads((tmp_path / "out" / "train_summary.json").read_text())["steps"] == 4
