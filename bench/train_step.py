@@ -7,7 +7,7 @@ CPU) uses the project's tiny SD; ``sd15`` (default on CUDA), ``sdxl`` and ``sd3`
 (spf_lib.models.architectures) with random weights (speed and memory do not depend on the weights), built directly in
 bf16 when mixed_precision=bf16.
 
-Options: model=tiny|sd15|sdxl|sd3 (config= is the same option), width_divisor=N (sdxl: every width / N, depths
+Options: model=tiny|sd15|sdxl|sd3 (config= is the same option), width_divisor=N (sdxl, sd3: every width / N, depths
 kept), steps=N (timed), warmup=N, batch=N, resolution=N, mixed_precision=no|bf16,
 capture=PATTERN[,PATTERN], checkpointing=0|1, interleave=0|1,
 variants=lora,spf-no-enh,spf-default-no-enh,spf-split-no-enh,spf (spf, with the world's CLIP: tiny only).

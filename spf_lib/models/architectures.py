@@ -169,7 +169,21 @@ def build_sdxl_pipeline(seed: int = 0, width_divisor: int = 1, dtype=None):
                                      add_watermarker=False)
 
 
-def build_sd3_pipeline(seed: int = 0, dtype=None, with_t5: bool = False):
+def sd3_configs(width_divisor: int = 1) -> tuple[dict, dict, dict]:
+    """(transformer, clip-l, clip-g) configs of SD3.5 Medium; ``width_divisor`` > 1 divides every width and keeps
+    the 24 joint blocks, the 13 dual-attention blocks and the 24 heads (head size 64 / divisor)."""
+    d = width_divisor
+    if d == 1:
+        return dict(SD35M_TRANSFORMER), dict(CLIP_L_TEXT), dict(CLIP_G_TEXT)
+    if d not in (2, 4, 8):
+        raise SpfError(f"width_divisor={d}: expected 1, 2, 4 or 8")
+    _, te1, te2 = sdxl_configs(d)
+    tr = {**SD35M_TRANSFORMER, "attention_head_dim": 64 // d, "joint_attention_dim": 4096 // d,
+          "caption_projection_dim": 1536 // d, "pooled_projection_dim": te1["projection_dim"] + te2["projection_dim"]}
+    return tr, te1, te2
+
+
+def build_sd3_pipeline(seed: int = 0, dtype=None, with_t5: bool = False, width_divisor: int = 1):
     """SD3.5 Medium (MMDiT-X transformer, CLIP-L + CLIP-G with projections, VAE with 16 channels), random weights.
 
     ``with_t5=False`` (default) leaves T5-XXL out: its 4.76B parameters (19 GB in fp32) do not fit a shared CPU
@@ -189,15 +203,17 @@ def build_sd3_pipeline(seed: int = 0, dtype=None, with_t5: bool = False):
     from spf_lib.models.t5_tokenizer import build_t5_tokenizer
     from spf_lib.models.tokenizer import build_tokenizer
 
+    tr_cfg, te1_cfg, te2_cfg = sd3_configs(width_divisor)
     tok, tok2, tok3 = build_tokenizer(), build_tokenizer(), build_t5_tokenizer()
     tok2.pad_token = "!"
+    t5 = {**T5_XXL, "d_model": tr_cfg["joint_attention_dim"], "d_ff": T5_XXL["d_ff"] // width_divisor}
     with _default_dtype(dtype):
         torch.manual_seed(seed)
-        transformer = SD3Transformer2DModel(**SD35M_TRANSFORMER)
+        transformer = SD3Transformer2DModel(**tr_cfg)
         vae = AutoencoderKL(**SD3_VAE)
-        te1 = _clip_text(CLIPTextModelWithProjection, CLIP_L_TEXT, tok)
-        te2 = _clip_text(CLIPTextModelWithProjection, CLIP_G_TEXT, tok2)
-        te3 = T5EncoderModel(T5Config(**T5_XXL)) if with_t5 else None
+        te1 = _clip_text(CLIPTextModelWithProjection, te1_cfg, tok)
+        te2 = _clip_text(CLIPTextModelWithProjection, te2_cfg, tok2)
+        te3 = T5EncoderModel(T5Config(**t5)) if with_t5 else None
     return StableDiffusion3Pipeline(transformer=transformer, vae=vae, text_encoder=te1, tokenizer=tok,
                                     text_encoder_2=te2, tokenizer_2=tok2, text_encoder_3=te3, tokenizer_3=tok3,
                                     scheduler=FlowMatchEulerDiscreteScheduler(**SD3_SCHEDULER))
@@ -205,7 +221,7 @@ def build_sd3_pipeline(seed: int = 0, dtype=None, with_t5: bool = False):
 
 def build_architecture(arch: str, seed: int = 0, **kw):
     """The pipeline of ``arch`` (one of ARCHITECTURES) at its published size, random weights; ``kw`` go to its
-    builder (``dtype``; SDXL: ``width_divisor``)."""
+    builder (``dtype``; SDXL and SD3: ``width_divisor``)."""
     builders = {"sd15": build_sd15_pipeline, "sdxl": build_sdxl_pipeline, "sd3": build_sd3_pipeline}
     if arch not in ARCHITECTURES:
         raise SpfError(f"model={arch!r}: expected one of {', '.join(ARCHITECTURES)}")
