@@ -96,13 +96,13 @@ def run_local(params: dict, pipeline_root: str | Path, log_path: str | Path | No
     """
     import contextlib
 
+    from kfp import local
+
+    from pipelines.portrait import LOCAL_RETRIES, build_pipeline, pipeline_version
     from spf_lib.errors import SpfError
 
     # Retries (with minutes of backoff) are for preemptible cluster nodes; a local failure should stop at once.
-    os.environ["SPF_PIPELINE_RETRIES"] = "0"
-    from kfp import local
-
-    from pipelines.portrait import pipeline_version, portrait_pipeline
+    portrait_pipeline = build_pipeline(LOCAL_RETRIES)
 
     Path(pipeline_root).mkdir(parents=True, exist_ok=True)
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(pipeline_root),
