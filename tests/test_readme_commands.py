@@ -68,7 +68,7 @@ def _run_ui(argv: list[str], env: dict, cwd: Path) -> None:
             assert time.monotonic() < deadline, "spf ui did not answer within 300 s"
             time.sleep(2)
         proc.send_signal(signal.SIGINT)
-        out, _ = proc.communicate(timeout=60)
+        out, _ = proc.communicate(timeout=180)
     finally:
         if proc.poll() is None:
             proc.kill()

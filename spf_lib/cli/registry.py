@@ -177,18 +177,28 @@ def ui(
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     log_path = Settings.from_env().home / "mlflow-ui.log"  # the server's own output (access log, migrations)
     log_file = open(log_path, "w", encoding="utf-8")  # noqa: SIM115 - lives as long as the server
-    proc = subprocess.Popen(cmd, env=env, stdout=log_file, stderr=subprocess.STDOUT)  # noqa: S603
+    # its own process group: mlflow server forks uvicorn and job consumers, and Ctrl-C must stop all of them
+    proc = subprocess.Popen(cmd, env=env, stdout=log_file, stderr=subprocess.STDOUT,  # noqa: S603
+                            stdin=subprocess.DEVNULL, start_new_session=True)
     url = f"http://{host}:{port}"
     typer.echo(f"MLflow UI on {uri}: {url}   (Ctrl-C stops it; server log {log_path})")
     try:
         while proc.poll() is None:
             time.sleep(0.5)
     except KeyboardInterrupt:
-        proc.terminate()
+        import signal
+
+        for sig, grace in ((signal.SIGTERM, 10), (signal.SIGKILL, 5)):
+            try:
+                os.killpg(proc.pid, sig)
+                proc.wait(timeout=grace)
+                break
+            except (ProcessLookupError, subprocess.TimeoutExpired):
+                continue
         try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+            os.killpg(proc.pid, signal.SIGKILL)  # children the server left behind
+        except ProcessLookupError:
+            pass
         typer.echo("MLflow UI stopped")
         return
     finally:
