@@ -107,27 +107,9 @@ def _one_line(e: BaseException) -> str | None:
 
 def _scrub_logs() -> None:
     """Log records are formatted eagerly and redacted, whatever handler later prints them."""
-    import logging
+    from spf_lib.errors import install_log_redaction
 
-    from spf_lib.errors import redact_text
-
-    base = logging.getLogRecordFactory()
-    if getattr(base, "_spf_scrub", False):
-        return
-
-    def factory(*args, **kwargs):
-        record = base(*args, **kwargs)
-        try:
-            msg = record.getMessage()
-        except Exception:  # noqa: BLE001 - a bad format string is the logging module's to report
-            return record
-        clean = redact_text(msg)
-        if clean != msg:
-            record.msg, record.args = clean, ()
-        return record
-
-    factory._spf_scrub = True  # type: ignore[attr-defined]
-    logging.setLogRecordFactory(factory)
+    install_log_redaction()
 
 
 if __name__ == "__main__":

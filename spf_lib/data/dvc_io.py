@@ -8,6 +8,7 @@ from the standard AWS_* environment variables or ``.dvc/config.local``, read by 
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import json
 import logging
@@ -18,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from spf_lib.errors import SpfError
+from spf_lib.errors import SpfError, install_log_redaction, redact_text
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +36,40 @@ class DataRef:
 
 def _quiet_dvc() -> None:
     os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+
+
+def _scrubbed(fn):
+    """Nothing that leaves the DVC layer carries a credential. A DVC remote URL (``.dvc/config``, ``remote_config``,
+    ``$SPF_DVC_REMOTE_URL``) or a git remote may hold ``user:password@``, and DVC, fsspec, aiohttp and git put the
+    URL into their exceptions and log lines (fsspec logs every request URL at DEBUG). So: log records are redacted
+    at creation (``install_log_redaction``); an SpfError's message is redacted and its chained cause is cut when the
+    cause's text holds a credential; any other exception whose traceback text holds one becomes a one-line SpfError
+    with the credential removed (raising the original would print it in the KFP task log)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        import traceback
+
+        install_log_redaction()
+        try:
+            return fn(*args, **kwargs)
+        except SpfError as e:
+            text = str(e)
+            if redact_text(text) != text:
+                e.args = (redact_text(text), *e.args[1:])
+            chained = e.__cause__ or (None if e.__suppress_context__ else e.__context__)
+            if chained is not None:
+                chain = "".join(traceback.format_exception(chained))
+                if redact_text(chain) != chain:
+                    e.__cause__, e.__context__, e.__suppress_context__ = None, None, True
+            raise
+        except Exception as e:
+            chain = "".join(traceback.format_exception(e))
+            if redact_text(chain) == chain:
+                raise
+            raise SpfError(redact_text(f"{fn.__name__}: {type(e).__name__}: {_one_line(e)}")) from None
+
+    return wrapper
 
 
 def _remote_config_from_env(remote_config: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -60,6 +95,7 @@ def data_hash_from_dvcfile(text: str, source: str) -> tuple[str, int | None]:
         raise SpfError(f"{source}: no 'outs' entry with path '{DATA_OUT}' and an md5") from e
 
 
+@_scrubbed
 def pull_data(repo: str, rev: str, out_dir: str | Path, *, remote: str | None = None,
               remote_config: dict[str, Any] | None = None) -> DataRef:
     """Copy `data` at ``rev`` of ``repo`` (git URL or path) into ``out_dir``, fetching from the DVC remote.
@@ -195,6 +231,7 @@ def _git(repo_dir: Path, *args: str) -> str:
     return proc.stdout.strip()
 
 
+@_scrubbed
 def track_dataset(repo_dir: str | Path, data_dir_name: str = DATA_OUT, *, remote_url: str,
                   remote_name: str = "storage", endpoint_url: str | None = None,
                   message: str = "data: update", push: bool = True,
@@ -359,6 +396,7 @@ def _sync_into(folder: Path, target: Path) -> None:
         shutil.rmtree(old)
 
 
+@_scrubbed
 def add_data(folder: str | Path, repo_dir: str | Path | None = None, *, remote_url: str | None = None,
              message: str | None = None, push: bool = True, git_push: bool = False, origin: str | None = None,
              check_config: Any = None) -> AddResult:
@@ -428,8 +466,9 @@ def add_data(folder: str | Path, repo_dir: str | Path | None = None, *, remote_u
                     try:
                         repo.push(remote=name)
                     except DvcException as e:
-                        raise SpfError(f"dvc push to remote {name!r} ({url}) failed: {_one_line(e)}; data.dvc is "
-                                       "updated but NOT committed (fix the remote and run again)") from e
+                        raise SpfError(f"dvc push to remote {name!r} ({redact_text(str(url))}) failed: "
+                                       f"{_one_line(e)}; data.dvc is updated but NOT committed (fix the remote and "
+                                       "run again)") from e
     except DvcException as e:
         raise SpfError(f"{repo_dir}: dvc failed: {_one_line(e)}") from e
     md5, nfiles = data_hash_from_dvcfile((repo_dir / "data.dvc").read_text(), str(repo_dir / "data.dvc"))
@@ -453,11 +492,12 @@ def add_data(folder: str | Path, repo_dir: str | Path | None = None, *, remote_u
             raise SpfError(f"{repo_dir}: no git remote 'origin' to push to (give --origin URL)")
         _git(repo_dir, "push", "-q", "origin", "HEAD")
     return AddResult(repo=repo_dir, rev=rev, data_hash=md5, n_files=int(nfiles or 0), committed=committed,
-                     remote=url, data_repo=current or str(repo_dir))
+                     remote=redact_text(str(url)), data_repo=redact_text(current) or str(repo_dir))
 
 
 # ---- the project's own data.dvc (the demo's data repository) -----------------------------------------------------
 
+@_scrubbed
 def committed_data_rev(repo_dir: str | Path, regenerate: Any = None) -> tuple[str, str] | None:
     """(HEAD sha, md5) once the default DVC remote holds the data that HEAD's ``data.dvc`` names; None when
     ``repo_dir`` is not the top of a git checkout with a committed ``data.dvc`` (the caller then makes its own repo).
@@ -521,6 +561,7 @@ def committed_data_rev(repo_dir: str | Path, regenerate: Any = None) -> tuple[st
     return _git(repo_dir, "rev-parse", "HEAD"), md5
 
 
+@_scrubbed
 def cache_if_tracked(data_dir: str | Path) -> str | None:
     """After regenerating ``data_dir``: when a ``.dvc`` file beside it tracks it and the new files hash exactly
     to what it records, store them in the DVC cache (so ``dvc status`` is clean and ``dvc push`` has them) without
