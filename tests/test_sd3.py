@@ -102,6 +102,49 @@ def test_joint_capture_matches_sdpa_and_covers_every_joint_layer(sd3, tmp_path):
     assert set(m.store.maps["res"]) == set(maps)
 
 
+def test_joint_capture_keeps_only_the_image_to_clip_block_of_the_full_attention():
+    """The kept map equals the image-query × CLIP-key block of the full joint softmax (over image, CLIP and T5 keys)
+    renormalised over the CLIP keys; the output equals the layer's own SDPA processor's; nothing else is kept."""
+    import torch
+    from diffusers import SD3Transformer2DModel
+
+    from spf_lib.models.attention import AttentionStore, JointCaptureProcessor
+
+    torch.manual_seed(0)
+    tr = SD3Transformer2DModel(sample_size=8, patch_size=2, in_channels=4, out_channels=4, num_layers=2,
+                               attention_head_dim=8, num_attention_heads=3, joint_attention_dim=24,
+                               caption_projection_dim=24, pooled_projection_dim=16, qk_norm="rms_norm",
+                               dual_attention_layers=(0,))
+    for attn in (tr.transformer_blocks[0].attn, tr.transformer_blocks[1].attn):  # the last: context_pre_only
+        n, clip, t5 = 16, 77, 19
+        x, ctx = torch.randn(2, n, 24), torch.randn(2, clip + t5, 24)
+        store = AttentionStore()
+        proc = JointCaptureProcessor("a", store, attn.processor, text_len=clip)
+        store.mode = "ref"
+        with torch.no_grad():
+            img, txt = proc(attn, x, ctx)
+            img0, txt0 = attn.processor(attn, x, ctx)
+            torch.testing.assert_close(img, img0, rtol=1e-5, atol=1e-6)
+            if txt0 is not None:
+                torch.testing.assert_close(txt, txt0, rtol=1e-5, atol=1e-6)
+
+            def heads(t):
+                return t.view(2, -1, 3, 8).transpose(1, 2)
+
+            q = torch.cat([attn.norm_q(heads(attn.to_q(x))), attn.norm_added_q(heads(attn.add_q_proj(ctx)))], 2)
+            k = torch.cat([attn.norm_k(heads(attn.to_k(x))), attn.norm_added_k(heads(attn.add_k_proj(ctx)))], 2)
+            full = torch.softmax(q @ k.transpose(-1, -2) * attn.scale, -1)  # (2, 3, n + 96, n + 96)
+        block = full[:, :, :n, n:n + clip]
+        kept = store.maps["ref"]["a"]
+        assert kept.probs.shape == (2, 3, n, clip) and kept.hw == (4, 4)
+        torch.testing.assert_close(kept.probs, block / block.sum(-1, keepdim=True), rtol=1e-5, atol=1e-7)
+        torch.testing.assert_close(kept.query, attn.to_q(x).detach())
+        store.keep_probs = False
+        with torch.no_grad():
+            proc(attn, x, ctx)
+        assert store.maps["ref"]["a"].probs is None
+
+
 @pytest.mark.slow
 def test_spf_on_sd3_trains_generates_and_registers(sd3, spf_run, embedded):
     import io

@@ -131,13 +131,17 @@ def captured_layers(unet) -> list[str]:
 
 
 class JointCaptureProcessor:
-    """SD3's joint attention with the image→text block exposed: softmax over [image; text] keys computed explicitly,
-    the probabilities image queries give the first ``text_len`` text keys (the CLIP positions) renormalised to sum
-    to one per query — a cross-attention map over the 77 CLIP tokens, in the shape UNet capture records — and the
-    image queries (to_q output) for L_fine. Falls back to the layer's SDPA processor like ``CaptureProcessor``.
+    """SD3's joint attention with the image→text block exposed: the attention output through SDPA (fused, as the
+    layer's own processor), and beside it only what SFCM and L_text read — image queries × the first ``text_len``
+    text keys (the CLIP positions), softmax over those keys — a cross-attention map over the 77 CLIP tokens, in the
+    shape UNet capture records — and the image queries (to_q output) for L_fine. Falls back to the layer's SDPA
+    processor like ``CaptureProcessor``.
 
-    Renormalising is our choice (docs/method.md): raw joint probabilities also carry how much a query attends to
-    image keys at all, which changes with the image, not with the prompt's wording.
+    That map is exactly the image→CLIP block of the full joint softmax renormalised to sum to one per query (the full
+    row's normaliser cancels), so neither the (N + T)² joint probabilities, nor the T5 keys, nor the text queries are
+    materialised (tests/test_sd3.py checks the equality). Renormalising is our choice (docs/method.md): raw joint
+    probabilities also carry how much a query attends to image keys at all, which changes with the image, not with
+    the prompt's wording.
     """
 
     def __init__(self, name: str, store: AttentionStore, fallback: Any, text_len: int) -> None:
@@ -150,6 +154,7 @@ class JointCaptureProcessor:
         if not (self.store.explicit or self.store.mode) or encoder_hidden_states is None:
             return self.fallback(attn, hidden_states, encoder_hidden_states, attention_mask, *args, **kw)
         import torch
+        import torch.nn.functional as F
 
         b, n, _ = hidden_states.shape
         query_img = attn.to_q(hidden_states)
@@ -170,12 +175,14 @@ class JointCaptureProcessor:
             cq = attn.norm_added_q(cq)
         if attn.norm_added_k is not None:
             ck = attn.norm_added_k(ck)
-        q, k, v = torch.cat([q, cq], 2), torch.cat([k, ck], 2), torch.cat([v, cv], 2)
-        probs = torch.softmax((q @ k.transpose(-1, -2)) * attn.scale, dim=-1)
-        out = (probs @ v).transpose(1, 2).reshape(b, -1, heads * d).to(q.dtype)
         if self.store.mode is not None:
-            block = probs[:, :, :n, n:n + self.text_len]
-            self.store.record(self.name, block / block.sum(-1, keepdim=True).clamp_min(1e-12), query_img, n)
+            probs = None
+            if self.store.keep_probs:  # (B, heads, N, text_len): image queries × CLIP keys only
+                probs = torch.softmax((q @ ck[:, :, :self.text_len].transpose(-1, -2)) * attn.scale, dim=-1)
+            self.store.record(self.name, probs, query_img, n)
+        q, k, v = torch.cat([q, cq], 2), torch.cat([k, ck], 2), torch.cat([v, cv], 2)
+        out = F.scaled_dot_product_attention(q, k, v, dropout_p=0.0, is_causal=False, scale=attn.scale)
+        out = out.transpose(1, 2).reshape(b, -1, heads * d).to(q.dtype)
         img, txt = out[:, :n], out[:, n:]
         if not attn.context_pre_only:
             txt = attn.to_add_out(txt)
