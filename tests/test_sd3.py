@@ -145,6 +145,37 @@ def test_joint_capture_keeps_only_the_image_to_clip_block_of_the_full_attention(
         assert store.maps["ref"]["a"].probs is None
 
 
+def test_clip_embedder_decodes_sd3_latents_with_the_vae_shift():
+    """L_enh decodes x̂0 as the inverse of encode_images ((z − shift) × scale): z = latents / scaling_factor +
+    shift_factor (SD3's VAE), so a training latent decodes to the image its VAE sample z decodes to."""
+    import torch
+    from diffusers import AutoencoderKL
+
+    from spf_lib.methods.base import TrainContext
+    from spf_lib.methods.spf.embedder import ClipEmbedder
+    from spf_lib.models.architectures import SD3_VAE
+
+    torch.manual_seed(0)
+    vae = AutoencoderKL(**{**SD3_VAE, "block_out_channels": (8, 16), "down_block_types": ("DownEncoderBlock2D",) * 2,
+                           "up_block_types": ("UpDecoderBlock2D",) * 2, "norm_num_groups": 8, "layers_per_block": 1,
+                           "shift_factor": 0.5})
+    x = torch.rand(1, 3, 16, 16) * 2 - 1
+    ctx = type("Ctx", (), {"vae": vae, "device": "cpu", "weight_dtype": torch.float32,
+                           "generator": torch.Generator().manual_seed(3)})()
+    emb = ClipEmbedder.__new__(ClipEmbedder)
+    emb._features = lambda img: img  # the decode is under test, not CLIP
+    with torch.no_grad():
+        lat = TrainContext.encode_images(ctx, x)  # what training noises and x̂0 estimates
+        dist = vae.encode(x).latent_dist
+        z = dist.mean + dist.std * torch.randn(dist.mean.shape, generator=torch.Generator().manual_seed(3))
+        torch.testing.assert_close(lat, (z - 0.5) * vae.config.scaling_factor)
+        got = emb.embed_latents(lat, vae)
+        want = vae.decode(z).sample
+        unshifted = vae.decode(lat / vae.config.scaling_factor).sample
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(unshifted, want, atol=1e-3)
+
+
 @pytest.mark.slow
 def test_spf_on_sd3_trains_generates_and_registers(sd3, spf_run, embedded):
     import io

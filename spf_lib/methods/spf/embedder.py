@@ -15,6 +15,16 @@ CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
+def decode_latents(latents: torch.Tensor, vae) -> torch.Tensor:
+    """Training latents (``TrainContext.encode_images``: (z − shift) × scale) → pixels in about [-1, 1]; SD3's VAE
+    has a shift_factor, SD 1.x/SDXL's none."""
+    z = latents / vae.config.scaling_factor
+    shift = getattr(vae.config, "shift_factor", None)
+    if shift:
+        z = z + shift
+    return vae.decode(z.to(vae.dtype), return_dict=False)[0]
+
+
 class ClipEmbedder:
     name = "clip"
     needs_decode = True
@@ -51,8 +61,7 @@ class ClipEmbedder:
         return F.normalize(feats.float(), dim=-1)
 
     def embed_latents(self, latents: torch.Tensor, vae) -> torch.Tensor:
-        img = vae.decode((latents / vae.config.scaling_factor).to(vae.dtype), return_dict=False)[0]
-        return self._features(img)
+        return self._features(decode_latents(latents, vae))
 
     def embed_pixels(self, pixels: torch.Tensor, vae=None, latents: torch.Tensor | None = None) -> torch.Tensor:
         with torch.no_grad():
