@@ -25,13 +25,15 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 FAST = None  # set in the fixture (RetryPolicy needs spf_lib imported)
 PATIENT = None
+ONE_SHOT = None  # no in-process retry: a lost reply reaches the caller, who runs the command again
 
 
 @pytest.fixture(scope="module")
 def rig(tmp_path_factory):
-    global FAST, PATIENT
+    global FAST, PATIENT, ONE_SHOT
     from spf_lib.registry import RetryPolicy
 
+    ONE_SHOT = RetryPolicy(attempts=1)
     FAST = RetryPolicy(attempts=6, initial_delay=0.05, factor=2.0, max_delay=0.5)
     PATIENT = RetryPolicy(attempts=60, initial_delay=0.5, factor=2.0, max_delay=3.0)  # a restart takes ~11-60 s
     server = MlflowServer(tmp_path_factory.mktemp("faults"))
@@ -105,25 +107,29 @@ def _promote_case(direct, proxy, name: str, fault: Fault | None, problems: list[
 
 
 def _rollback_case(direct, proxy, name: str, fault: Fault | None, problems: list[str], policy) -> list:
+    """The operator's view: the rollback's reply is lost (one attempt, no in-process retry), so they run the same
+    rollback again (same idempotency key) without knowing whether the first went through. The end state must be ONE
+    rollback (3 -> 2), whatever the fault, and the repeat says whether it changed anything."""
     from spf_lib.registry import promote, rollback
 
     _seed(direct, name, [GOOD, BETTER, {**BETTER, "pollution": 0.05}])
     for v in ("1", "2", "3"):
         direct.set_registered_model_alias(name, "challenger", v)
         promote(name, retry=FAST)
+    key = f"rollback-{name}"
     proxy.arm(fault)
-    res, err = _run(lambda: rollback(name, retry=policy))
+    res, err = _run(lambda: rollback(name, idempotency_key=key, retry=ONE_SHOT if fault else FAST))
     seen = list(proxy.seen)
     proxy.arm(None)
     label = f"rollback fault={fault}"
-    if err is not None:
-        # a rollback that got through before the fault was journalled: running it again finishes that one
-        # (journal pending) or, if it never started, does it now; either way the intended state is reached
-        state = registry_state(direct, name)
-        if state["aliases"]["champion"] == "3" or (state["op"] or {}).get("state") == "pending":
-            res, err2 = _run(lambda: rollback(name, retry=FAST))
-            if err2 is not None:
-                problems.append(f"{label}: first try failed ({err}); retry failed too ({err2})")
+    if fault is None and (err is not None or not res.changed):
+        problems.append(f"{label}: the clean rollback did not roll back ({err or res.message})")
+    again, err2 = _run(lambda: rollback(name, idempotency_key=key, retry=policy))  # always: "did it go through?"
+    if err2 is not None:
+        problems.append(f"{label}: first try {'failed (' + str(err) + ')' if err else 'succeeded'}; the repeat "
+                        f"failed ({err2})")
+    elif err is None and again.changed:
+        problems.append(f"{label}: the repeat of a rollback that succeeded changed something: {again.message}")
     _checked(direct, name, label, problems, want={"champion": "2", "previous-champion": "1"})
     if registry_state(direct, name)["history"] != ["1", "2"]:
         problems.append(f"{label}: history {registry_state(direct, name)['history']} != ['1', '2']")
@@ -272,3 +278,44 @@ def test_two_promotes_at_once_20_trials(rig, monkeypatch, capsys):
               f"({answers.count('lock')} lock, {answers.count('already')} already-champion), "
               f"failures: {len(problems)}")
     assert not problems, "\n".join(problems)
+
+
+def test_rollback_to_a_version_and_by_key_are_idempotent(client, capsys):
+    """`--to VERSION` and `--idempotency-key`: the same rollback again changes nothing and says so; a plain
+    rollback is one step each time (the documented default)."""
+    from spf_lib.cli.main import main
+    from spf_lib.errors import SpfError
+    from spf_lib.registry import promote, rollback
+
+    direct, _proxy, _server = client
+    name = "rollback-idem"
+    _seed(direct, name, [GOOD, BETTER, {**BETTER, "pollution": 0.05}, {**BETTER, "pollution": 0.04}])
+    for v in ("1", "2", "3", "4"):
+        direct.set_registered_model_alias(name, "challenger", v)
+        promote(name, retry=FAST)
+    capsys.readouterr()  # mlflow's "waiting for model version" lines from seeding
+
+    def cli(*argv):
+        with pytest.raises(SystemExit) as e:
+            main(["rollback", name, *argv])
+        out = capsys.readouterr()
+        return int(e.value.code or 0), out.out.strip(), out.err.strip()
+
+    assert cli("--to", "2") == (0, f"{name}: champion rolled back from version 4 to version 2; 'previous-champion' "
+                                   "is now version 1", "")
+    assert cli("--to", "2") == (0, f"{name}: version 2 is already champion; nothing changed", "")
+    state = registry_state(direct, name)
+    assert state["history"] == ["1", "2"] and state["aliases"]["champion"] == "2"
+    code, _, err = cli("--to", "3")  # cut from the history by the rollback: not an earlier champion any more
+    assert code == 2 and "version 3 of 'rollback-idem' was never champion before version 2" in err
+    assert len(err.splitlines()) == 1
+    assert cli("--to", "x")[2] == "error: --to 'x': a model version number (e.g. 3)"
+
+    first = rollback(name, idempotency_key="ticket-42", retry=FAST)
+    assert first.changed and (first.restored, first.demoted) == ("1", "2")
+    again = rollback(name, idempotency_key="ticket-42", retry=FAST)
+    assert not again.changed and (again.restored, again.demoted) == ("1", "2") and "already done" in again.message
+    assert registry_state(direct, name)["aliases"]["champion"] == "1"
+    with pytest.raises(SpfError, match="no previous champion"):  # plain: one more step, and there is none
+        rollback(name, retry=FAST)
+    assert no_lock_left(direct, name) and not check_consistent(registry_state(direct, name))

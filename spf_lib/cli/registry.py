@@ -119,12 +119,20 @@ def promote(
         typer.echo(result.message)
 
 
-def rollback(name: Annotated[str, typer.Argument(help="registered model name")]) -> None:
-    """Put the previous champion back (the demoted version stays registered)."""
+def rollback(
+    name: Annotated[str, typer.Argument(help="registered model name")],
+    to: Annotated[str | None, typer.Option("--to", metavar="VERSION", help="roll back to this earlier champion "
+                                           "(default: the one before the current); run again, it changes nothing")
+                  ] = None,
+    idempotency_key: Annotated[str | None, typer.Option("--idempotency-key", help="a rollback with a key that was "
+                                                        "already used changes nothing (safe to retry)")] = None,
+) -> None:
+    """Put the previous champion back (the demoted version stays registered). Each plain run is one more step back;
+    with --to or --idempotency-key a repeated run is a no-op that says so."""
     from spf_lib.registry import rollback as do_rollback
 
     require_store()
-    typer.echo(do_rollback(name).message)
+    typer.echo(do_rollback(name, to=to, idempotency_key=idempotency_key).message)
 
 
 def lineage(

@@ -6,16 +6,22 @@ remembers the order champions had, so rollback can go back more than one step an
 Safe under retries and concurrency, because MLflow cannot move several aliases in one transaction:
 - one promote/rollback per model at a time: a lock that is a registered model ``<name>--spf-lock`` (creating a
   registered model is the one atomic compare-and-set MLflow offers; its tags name the holder, and a holder that
-  died on this host, or whose lease expired, is taken over);
+  died on this host, or whose lease expired, is taken over). A tag on the model itself would hide better in
+  MLflow's UI, but MLflow has no conditional tag write: two promotes could both "take" it. So the lock stays a
+  model that exists only while a command runs, and its description says what it is and that it is safe to ignore;
 - every change is planned first (read-only: aliases, history, gate), written as a journal entry
   (``spf.last_op``, state ``pending``), applied with absolute, repeatable writes, and marked ``done``. A command
   that finds a ``pending`` entry (an earlier one died half-way) applies it first, so a retry finishes the earlier
   change instead of doing something else; a retry of the very same call (same token) returns its recorded result.
+- a rollback is a relative move ("one step back"), so running the same command again would go one MORE step. A
+  rollback that names its target (``to=VERSION``) or carries an ``idempotency_key`` is a no-op when repeated: the
+  target already holds ``champion``, or the key is among the last rollbacks recorded in ``spf.rollback_keys``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -35,6 +41,8 @@ log = logging.getLogger(__name__)
 
 HISTORY_TAG = "spf.champion_history"
 OP_TAG = "spf.last_op"
+ROLLBACK_KEYS_TAG = "spf.rollback_keys"  # JSON [[key, restored, demoted, at], ...], the newest last
+ROLLBACK_KEYS_KEPT = 20
 LOCK_SUFFIX = "--spf-lock"
 LOCK_LEASE_S = float(os.environ.get("SPF_PROMOTE_LOCK_LEASE", "300"))
 ADAPTER_HASH_TAG = "spf.adapter_hash"
@@ -69,6 +77,7 @@ class RollbackResult:
     restored: str
     demoted: str | None
     message: str
+    changed: bool = True  # False: a repeat of a rollback already done (same --to target or idempotency key)
 
 
 def _alias(client, name: str, alias: str):
@@ -154,16 +163,24 @@ def _lock_is_stale(tags: dict[str, str]) -> str | None:
     return None
 
 
+def _lock_description(name: str, what: str) -> str:
+    """What MLflow's UI shows for the lock model (it appears in the model list while a promote/rollback runs)."""
+    return (f"Not a model: the lock of one `spf {what}` of {name!r}, in progress since {_now()}. Safe to ignore; "
+            "it is deleted when that command ends. If it stays (the command was killed), the next promote/rollback "
+            f"of {name!r} takes it over once its holder is gone or its lease (SPF_PROMOTE_LOCK_LEASE, now "
+            f"{LOCK_LEASE_S:.0f} s) has run out. Do not delete it while a command runs.")
+
+
 def _acquire(client, name: str, token: str, what: str) -> None:
     from mlflow.exceptions import MlflowException
 
     lock = name + LOCK_SUFFIX
     for _ in range(3):
         tags = {"spf.lock_token": token, "spf.lock_owner": f"{socket.gethostname()}:{os.getpid()}",
-                "spf.lock_what": what, "spf.lock_since": _now(), "spf.lock_expires": f"{time.time() + LOCK_LEASE_S:.0f}"}
+                "spf.lock_what": what, "spf.lock_for": name, "spf.lock_since": _now(),
+                "spf.lock_expires": f"{time.time() + LOCK_LEASE_S:.0f}"}
         try:
-            client.create_registered_model(lock, tags=tags, description=f"spf: {what} of {name} in progress (a lock; "
-                                           "deleted when it ends)")
+            client.create_registered_model(lock, tags=tags, description=_lock_description(name, what))
             return
         except MlflowException as e:
             if "RESOURCE_ALREADY_EXISTS" not in str(e.error_code):
@@ -236,6 +253,8 @@ def _write_op(client, name: str, op: dict) -> None:
 def _apply(client, name: str, op: dict) -> None:
     """Bring the registry to the state ``op`` describes. Every write is absolute, so running it twice is harmless."""
     client.set_registered_model_tag(name, HISTORY_TAG, ",".join(op["history"][-50:]))
+    if op.get("keys") is not None:
+        client.set_registered_model_tag(name, ROLLBACK_KEYS_TAG, json.dumps(op["keys"]))
     client.set_registered_model_alias(name, CHAMPION, op["champion"])
     if op.get("previous"):
         client.set_registered_model_alias(name, PREVIOUS, op["previous"])
@@ -351,18 +370,35 @@ def _adapter_checks(tags: dict[str, str], version: str) -> list[Check]:
 
 # -- rollback -------------------------------------------------------------------------------------------------------
 
-def rollback(model_name: str, *, settings: Settings | None = None,
-             retry: RetryPolicy | None = None) -> RollbackResult:
-    """Give `champion` back to the previous champion; the demoted version loses the alias but stays registered."""
+def check_idempotency_key(key: str | None) -> None:
+    if key is not None and (not key.strip() or len(key) > 200 or "'" in key or '"' in key):
+        raise SpfError(f"--idempotency-key {key!r}: give 1-200 characters without quotes")
+
+
+def rollback(model_name: str, *, to: str | int | None = None, idempotency_key: str | None = None,
+             settings: Settings | None = None, retry: RetryPolicy | None = None) -> RollbackResult:
+    """Give `champion` back to the previous champion (or to ``to``, a version that was champion before); the
+    demoted version loses the alias but stays registered.
+
+    A plain rollback is one step back each time it runs. To make a retry safe (a lost reply, a re-run KFP task, an
+    operator who is not sure it went through) name the target with ``to`` or pass an ``idempotency_key``: the same
+    call again changes nothing and says so (``RollbackResult.changed`` is False).
+    """
     import mlflow
 
-    token = uuid.uuid4().hex
+    check_idempotency_key(idempotency_key)
+    target = None if to is None else str(to).strip()
+    if target is not None and not target.isdigit():
+        raise SpfError(f"--to {to!r}: a model version number (e.g. 3)")
+    token = uuid.uuid4().hex  # this call's journal token: its own retries (a lost reply) find their result
+    # a lock left by a call with the same key is that call's (it died, or its reply was lost): a retry takes it
+    lock_token = f"key:{hashlib.sha256(idempotency_key.encode()).hexdigest()[:32]}" if idempotency_key else token
 
     def attempt() -> RollbackResult:
         client = mlflow.MlflowClient()
         _require_model(client, model_name)
-        with _locked(client, model_name, token, "rollback"):
-            return _rollback_once(client, model_name, token)
+        with _locked(client, model_name, lock_token, "rollback"):
+            return _rollback_once(client, model_name, token, target, idempotency_key)
 
     with mlflow_session(settings) as s:
         result = with_retries(f"rollback {model_name}", attempt, target=redact_uri(s.tracking_uri), policy=retry)
@@ -370,26 +406,57 @@ def rollback(model_name: str, *, settings: Settings | None = None,
     return result
 
 
-def _rollback_once(client, name: str, token: str) -> RollbackResult:
+def _rollback_keys(client, name: str) -> list[list[str]]:
+    raw = client.get_registered_model(name).tags.get(ROLLBACK_KEYS_TAG, "")
+    try:
+        keys = json.loads(raw) if raw else []
+    except ValueError:
+        log.warning("model %s: tag %s is not JSON; ignored", name, ROLLBACK_KEYS_TAG)
+        return []
+    return [k for k in keys if isinstance(k, list) and len(k) == 4] if isinstance(keys, list) else []
+
+
+def _rollback_once(client, name: str, token: str, to: str | None, key: str | None) -> RollbackResult:
     op = _finish_pending(client, name)
     if op and op.get("token") == token:
         return RollbackResult(name, op["champion"], op.get("demoted"), op["message"])
+    keys = _rollback_keys(client, name)
+    if key is not None:
+        for k, restored, demoted, at in keys:
+            if k == key:
+                return RollbackResult(name, restored, demoted or None, f"{name}: rollback {key!r} was already done "
+                                      f"({at}: version {demoted or '?'} -> version {restored}); nothing changed",
+                                      changed=False)
     champ = _alias(client, name, CHAMPION)
     history = _history(client, name)
     cur = str(champ.version) if champ else (history[-1] if history else None)
+    if to is not None and cur == to and champ is not None:
+        return RollbackResult(name, to, None, f"{name}: version {to} is already champion; nothing changed",
+                              changed=False)
     if cur is None:
         raise SpfError(f"model {name!r}: no champion and no champion history; nothing to roll back")
     chain = history if history and history[-1] == cur else [*history, cur]
     if len(chain) < 2:
         raise SpfError(f"model {name!r}: no previous champion to roll back to (champion is {cur})")
-    target = chain[-2]
+    if to is None:
+        at = len(chain) - 2
+    elif to in chain[:-1]:
+        at = max(i for i, v in enumerate(chain[:-1]) if v == to)
+    else:
+        raise SpfError(f"--to {to}: version {to} of {name!r} was never champion before version {cur} (champion "
+                       f"history {', '.join(chain)}); only an earlier champion can be rolled back to (a new version "
+                       "goes through `spf promote`)")
+    target = chain[at]
     if not _version_exists(client, name, target):
         raise SpfError(f"model {name!r}: the previous champion, version {target}, no longer exists; nothing changed")
-    new_history = chain[:-1]
+    new_history = chain[:at + 1]
     before = new_history[-2] if len(new_history) >= 2 else None
     gone = "" if champ is not None else " (deleted)"
     message = (f"{name}: champion rolled back from version {cur}{gone} to version {target}"
                + (f"; '{PREVIOUS}' is now version {before}" if before else f"; no older champion left as '{PREVIOUS}'"))
+    when = _now()
+    new_keys = None if key is None else [*keys, [key, target, cur, when]][-ROLLBACK_KEYS_KEPT:]
     _commit(client, name, {"op": "rollback", "token": token, "champion": target, "previous": before,
-                           "history": new_history, "demoted": cur, "at": _now(), "message": message})
+                           "history": new_history, "demoted": cur, "at": when, "message": message,
+                           "key": key, "keys": new_keys})
     return RollbackResult(name, target, cur, message)
