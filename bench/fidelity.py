@@ -48,14 +48,14 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "spf-paper": ("spf", {"preset": "spf-paper"}),
     "spf-paper w/o SFCM": ("spf", {"preset": "spf-paper", "use_sfcm": False}),
 }
-DEFAULT_VARIANTS = ["naive", "lora", "spf", "spf split", "spf w/o SFCM", "spf-paper", "spf issue-9 SFCM"]
+DEFAULT_VARIANTS = ["naive", "lora", "spf", "spf split", "spf w/o SFCM", "spf-paper"]
 DEFAULT_CONFIGS = "background=red+expression=smiling:7:123;background=blue+expression=neutral:11:321"
 # the two SFCM settings whose overlap with the rendered glasses is reported
 SFCM_SETTINGS = {"robust (now)": {"sfcm_norm": "robust"},
                  "quantile+max (issue 9)": {"sfcm_norm": "quantile", "sfcm_gate_pool": "max"}}
 COLUMNS = ["method", "runs", "pollution @ LoRA's target (× LoRA)", "pollution @ naive's target (× naive)",
            "target @ LoRA's pollution", "best target (× naive)", "final pollution", "final target", "final leak Δ",
-           "train s"]
+           "final target − leak", "train s"]
 
 
 @dataclass(frozen=True)
@@ -212,7 +212,7 @@ def _run_one(cfg_d: dict, seed: int, name: str, o: dict, out_json: str) -> dict:
             overlap = sfcm_overlap(tr, cfg.ft_seed, cfg.spurious, SFCM_SETTINGS, n=o["overlap_n"])
     total = time.perf_counter() - t_all
     res = {"config": cfg.to_dict(), "seed": seed, "variant": name, "curve": curve, "train_s": total - eval_s,
-           "eval_s": eval_s, "sfcm_overlap": overlap, "key": o["run_key"]}
+           "eval_s": eval_s, "sfcm_overlap": overlap, "key": o["run_key"], "variant_config": variant_config(name)}
     Path(out_json).write_text(json.dumps(res))
     return res
 
@@ -243,6 +243,17 @@ def _prepare_config(cfg: SpuriousConfig, o: dict) -> None:
     g = generate_all(pipe, plan)
     np.savez(work / "original.npz", base=g.base.numpy(), target=g.target.numpy())
     stamp.write_text(json.dumps(want))
+
+
+def variant_config(name: str) -> dict:
+    """What a variant trains with, as resolved now (method + every SPF option after presets): part of the cache key,
+    so a change of the method's defaults retrains instead of reusing a run of the old method."""
+    method, over = VARIANTS[name]
+    if method != "spf":
+        return {"method": method}
+    from spf_lib.train.config import SpfOptions
+
+    return {"method": method, "spf": SpfOptions(**{"image_embedder": "world-clip", **over}).model_dump(mode="json")}
 
 
 def _run_key(o: dict) -> dict:
@@ -287,6 +298,9 @@ def summarise(runs: list[dict], names: list[str]) -> tuple[dict, list[list]]:
             add(n, "final_pollution", final["attr_drift"])
             add(n, "final_target", final["target_rate"])
             add(n, "final_leak", final["target_leak"])
+            # how much of the target rate answers the text: glasses on target prompts beyond those that appear on
+            # base prompts anyway (an unconditional "glasses on everyone" scores a high target rate and a high leak)
+            add(n, "final_cond_target", final["target_rate"] - final["target_leak"])
             add(n, "train_s", r["train_s"])
             best = max(c["target_rate"] for c in r["curve"])
             if naive:
@@ -310,7 +324,7 @@ def summarise(runs: list[dict], names: list[str]) -> tuple[dict, list[list]]:
         rows.append([n, len(d.get("final_target", [])), _fmt(d.get("pol_at_lora_target_x_lora", [])),
                      _fmt(d.get("pol_at_naive_target_x_naive", [])), _fmt(d.get("target_at_lora_pollution", [])),
                      _fmt(d.get("best_target_x_naive", [])), _fmt(d["final_pollution"]), _fmt(d["final_target"]),
-                     _fmt(d["final_leak"]), _fmt(d["train_s"], 0)])
+                     _fmt(d["final_leak"]), _fmt(d["final_cond_target"]), _fmt(d["train_s"], 0)])
     return per, rows
 
 
@@ -414,7 +428,7 @@ def run(options: dict[str, str]) -> dict:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 if path.is_file():
                     cached = json.loads(path.read_text())
-                    if cached.get("key") == key:
+                    if cached.get("key") == key and cached.get("variant_config") == variant_config(n):
                         runs.append(cached)
                         continue
                 todo.append((c.to_dict(), seed, n, {**o, "base": str(o["base"]), "probes": str(o["probes"]),

@@ -44,3 +44,15 @@ def test_cli_startup_does_not_import_heavy_libraries():
             "if m in sys.modules))")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert r.stdout.strip() == "[]", r.stdout + r.stderr
+
+
+def test_bench_table_too_wide_for_the_terminal_prints_every_cell_whole(monkeypatch, capsys):
+    from spf_lib.cli.bench import print_result
+
+    monkeypatch.setenv("COLUMNS", "60")
+    cell = "0.123 ± 0.010 (1 not reached)"
+    print_result({"title": "frontier", "columns": ["method", "pollution @ LoRA's target (× LoRA)", "final target"],
+                  "rows": [["spf w/o SFCM", cell, 0.5]]})
+    out = capsys.readouterr().out
+    assert cell in out and "spf w/o SFCM" in out and "pollution @ LoRA's target (× LoRA)" in out
+    assert "…" not in out

@@ -459,3 +459,30 @@ def test_preserve_split_runs_each_sample_through_one_path(trainer):
     finally:
         hook.remove()
         m.o = saved
+
+
+def test_align_warmup_ramps_only_the_gated_alignment_losses(trainer):
+    """At step s of a warm-up of N, L_text, L_fine and L_out count (s + 1) / N of their λ; L_diff and L_preserve
+    count fully (the ramp gives the response time to exist before the SFCM localises it)."""
+    ctx, m = trainer.ctx, trainer.method
+    saved = m.o
+    batch = trainer.source.batch(0)
+
+    def total(update, step):
+        m.o = saved.model_copy(update={"use_enhanced": False, **update})
+        ctx.generator.manual_seed(7)
+        torch.manual_seed(7)
+        with perturbed_lora(ctx.unet):  # a trained adapter: every alignment loss is > 0
+            loss, logs = m.compute_loss(ctx, batch, step)
+        return float(loss), logs
+
+    try:
+        full, logs = total({"align_warmup": 0}, 0)
+        aligned = sum(getattr(saved, f"w_{k}") * logs[f"loss_{k}"] for k in ("text", "fine", "out"))
+        assert aligned > 0
+        for step, n, share in ((0, 10, 0.1), (4, 10, 0.5), (9, 10, 1.0), (50, 10, 1.0)):
+            got, logs_n = total({"align_warmup": n}, step)
+            assert logs_n["loss_diffusion"] == pytest.approx(logs["loss_diffusion"])
+            assert got == pytest.approx(full - (1 - share) * aligned, rel=1e-4, abs=1e-6)
+    finally:
+        m.o = saved

@@ -63,3 +63,7 @@ def test_fidelity_frontier_quick_on_toy_models(tmp_path, monkeypatch):
     assert (tmp_path / "frontier.png").stat().st_size > 1000
     again = fid.run(opts)  # every run is cached in the workdir
     assert "0 trained now" in again["notes"][-2] or "0 trained now" in " ".join(again["notes"])
+    # a run of the method as it was is not reused once the method changes (here: the spf variant's options)
+    monkeypatch.setitem(fid.VARIANTS, "spf", ("spf", {"w_out": 0.25}))
+    changed = fid.run(opts)
+    assert "1 trained now" in " ".join(changed["notes"])

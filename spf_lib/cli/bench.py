@@ -67,13 +67,23 @@ def print_result(result: dict) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    cols = [str(c) for c in result.get("columns", [])]
+    rows = [[f"{c:.4g}" if isinstance(c, float) else str(c) for c in row] for row in result.get("rows", [])]
     table = Table(title=result.get("title", "benchmark"))
-    for col in result.get("columns", []):
-        table.add_column(str(col))
-    for row in result.get("rows", []):
-        table.add_row(*[f"{c:.4g}" if isinstance(c, float) else str(c) for c in row])
+    for col in cols:
+        table.add_column(col, no_wrap=True)
+    for row in rows:
+        table.add_row(*row)
     console = Console()
-    console.print(table)
+    need = sum(max(len(c) for c in col) for col in zip(cols, *rows)) + 3 * len(cols) + 1 if cols else 0
+    if need > console.width:
+        # a boxed table squeezed into the terminal truncates every cell ("poll…"): a Markdown table keeps every
+        # figure whole (the terminal wraps long lines) and pastes into the README as it is
+        console.print(f"[bold]{result.get('title', 'benchmark')}[/bold]")
+        for line in [cols, ["---"] * len(cols), *rows]:
+            console.print("| " + " | ".join(line) + " |", markup=False, highlight=False, soft_wrap=True)
+    else:
+        console.print(table)
     for note in result.get("notes", []):
         console.print(f"- {note}")
 

@@ -88,7 +88,11 @@ class SpfOptions(_Strict):
     w_enhanced: float = Field(5e-4, ge=0, description="λ for L_enhanced (its CLIP gradient is ~100x L_diff's)")
     use_out: bool = Field(True, description="Our addition: SFCM-gated alignment of the response path's noise "
                           "prediction with the reference's (L_fine at the output, docs/method.md)")
-    w_out: float = Field(1.0, ge=0, description="λ for L_out")
+    w_out: float = Field(0.5, ge=0, description="λ for L_out (1.0 until issue 15's frontier runs: docs/method.md)")
+    align_warmup: int = Field(0, ge=0, description="Our addition: the SFCM-gated alignment losses (L_text, L_fine, "
+                              "L_out) ramp linearly from 0 to their λ over the first N stage-2 steps, so the response "
+                              "the SFCM localises exists before alignment holds it (docs/method.md); 0 = full from "
+                              "the start")
     use_preserve: bool = Field(True, description="Our addition: tuned model on the BASE text matches the original "
                                "(docs/method.md, measured in the small world)")
     w_preserve: float = Field(5.0, ge=0, description="λ for L_preserve")

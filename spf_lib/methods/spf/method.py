@@ -126,7 +126,8 @@ class SpfMethod(LoraMethod):
         eps_ref = None
         if res_idx is not None:
             total, eps_ref = self.response_losses(ctx, _take(batch, res_idx), noisy[res_idx], t[res_idx],
-                                                  target[res_idx], latents[res_idx], logs)
+                                                  target[res_idx], latents[res_idx], logs,
+                                                  self.align_scale(step))
         if pres_idx is not None and pres_idx.numel():
             # unsplit: the same samples, so the response step's reference ε (base text, same z_t) is reused
             l_pres = self.preserve_loss(ctx, noisy[pres_idx], t[pres_idx],
@@ -148,9 +149,19 @@ class SpfMethod(LoraMethod):
         k = (b + 1) // 2
         return every[:k], every[k:]
 
-    def response_losses(self, ctx: TrainContext, batch, noisy, t, target, latents, logs: dict[str, float]):
+    def align_scale(self, step: int) -> float:
+        """Factor on the SFCM-gated alignment losses at ``step`` (``align_warmup``: a linear ramp over the first
+        stage-2 steps). At step 0 the SFCM is computed from a response that does not exist yet (|ε_res − ε_ref| is
+        noise), so it holds the target region too and full-strength alignment halves what L_diff teaches there."""
+        n = self.o.align_warmup
+        if n <= 0:
+            return 1.0
+        return min(1.0, (step - (self.o.stage1_steps or 0) + 1) / n)
+
+    def response_losses(self, ctx: TrainContext, batch, noisy, t, target, latents, logs: dict[str, float],
+                        align: float = 1.0):
         """The dual path and every SFCM-gated loss on these samples (L_diff, L_text, L_fine, L_out, L_enh), logged
-        into ``logs``; returns (loss, ε_ref)."""
+        into ``logs``; ``align`` scales the alignment losses (``align_scale``); returns (loss, ε_ref)."""
         o = self.o
         eps_ref, eps_res = self.dual_forward(ctx, noisy, t, batch["base_text"], batch["caption"])
         l_diff = diffusion_loss(eps_res, target)
@@ -160,15 +171,15 @@ class SpfMethod(LoraMethod):
         logs["sfcm_mean"] = mask.mean()
         if o.use_text:
             l_text = self.text_loss(batch, mask)
-            total = total + o.w_text * l_text
+            total = total + align * o.w_text * l_text
             logs["loss_text"] = float(l_text.detach())
         if o.use_fine:
             l_fine = self.fine_loss(mask)
-            total = total + o.w_fine * l_fine
+            total = total + align * o.w_fine * l_fine
             logs["loss_fine"] = float(l_fine.detach())
         if o.use_out:
             l_out = L.output_alignment_loss(eps_res, eps_ref, mask)
-            total = total + o.w_out * l_out
+            total = total + align * o.w_out * l_out
             logs["loss_out"] = float(l_out.detach())
         if o.use_enhanced:
             l_enh = self.enhanced(ctx, batch, noisy, t, latents, eps_res, eps_ref)
