@@ -468,21 +468,64 @@ def test_align_warmup_ramps_only_the_gated_alignment_losses(trainer):
     saved = m.o
     batch = trainer.source.batch(0)
 
-    def total(update, step):
+    def parts(update, step):
         m.o = saved.model_copy(update={"use_enhanced": False, **update})
-        ctx.generator.manual_seed(7)
         torch.manual_seed(7)
         with perturbed_lora(ctx.unet):  # a trained adapter: every alignment loss is > 0
             loss, logs = m.compute_loss(ctx, batch, step)
-        return float(loss), logs
+        fixed = saved.w_diffusion * logs["loss_diffusion"] + saved.w_preserve * logs["loss_preserve"]
+        aligned = sum(getattr(saved, f"w_{k}") * logs[f"loss_{k}"] for k in ("text", "fine", "out"))
+        return float(loss.detach()), fixed, aligned
 
     try:
-        full, logs = total({"align_warmup": 0}, 0)
-        aligned = sum(getattr(saved, f"w_{k}") * logs[f"loss_{k}"] for k in ("text", "fine", "out"))
-        assert aligned > 0
-        for step, n, share in ((0, 10, 0.1), (4, 10, 0.5), (9, 10, 1.0), (50, 10, 1.0)):
-            got, logs_n = total({"align_warmup": n}, step)
-            assert logs_n["loss_diffusion"] == pytest.approx(logs["loss_diffusion"])
-            assert got == pytest.approx(full - (1 - share) * aligned, rel=1e-4, abs=1e-6)
+        for step, n, share in ((0, 0, 1.0), (0, 10, 0.1), (4, 10, 0.5), (9, 10, 1.0), (50, 10, 1.0)):
+            total, fixed, aligned = parts({"align_warmup": n}, step)
+            assert aligned > 0
+            assert total == pytest.approx(fixed + share * aligned, rel=1e-4, abs=1e-6)
     finally:
         m.o = saved
+
+
+def test_loss_chunks_give_compute_losss_value_and_gradients(trainer):
+    """The default step back-propagates the response losses before L_preserve's forward (one graph alive at a
+    time): the parts sum to ``compute_loss`` and their gradients to its gradients, with the same random draws."""
+    ctx, m = trainer.ctx, trainer.method
+    saved = m.o
+    batch = trainer.source.batch(0)
+    params = [p for p in ctx.unet.parameters() if p.requires_grad]
+
+    def run(chunked: bool):
+        ctx.generator.manual_seed(11)
+        torch.manual_seed(11)
+        for p in params:
+            p.grad = None
+        if chunked:
+            parts = []
+            for loss, logs in m.loss_chunks(ctx, batch, 0):
+                loss.backward()
+                parts.append((float(loss), logs))
+            value, logs = sum(v for v, _ in parts), {k: v for _, lg in parts for k, v in lg.items()}
+            n = len(parts)
+        else:
+            loss, logs = m.compute_loss(ctx, batch, 0)
+            loss.backward()
+            value, n = float(loss), 1
+        return value, logs, [p.grad.clone() for p in params], n
+
+    try:
+        m.o = saved.model_copy(update={"use_enhanced": False})
+        torch.manual_seed(3)
+        with perturbed_lora(ctx.unet):
+            v1, logs1, g1, _ = run(False)
+            v2, logs2, g2, n = run(True)
+        assert n == 2 and {"loss_diffusion", "loss_preserve", "loss_out"} <= logs2.keys()
+        assert v2 == pytest.approx(v1, rel=1e-5)
+        assert logs2["loss_preserve"] == pytest.approx(logs1["loss_preserve"], rel=1e-5)
+        assert all(torch.allclose(a, b, rtol=1e-4, atol=1e-7) for a, b in zip(g1, g2))
+        assert any(float(a.abs().sum()) > 0 for a in g1)
+        m.o = saved.model_copy(update={"use_enhanced": False, "preserve_split": True})
+        assert len(list(m.loss_chunks(ctx, batch, 0))) == 1  # split: one part, as before
+    finally:
+        m.o = saved
+        for p in params:
+            p.grad = None

@@ -117,6 +117,8 @@ class TrainingMethod(Protocol):
     2. ``compute_loss(ctx, batch, step)`` per micro-batch, inside ``accelerator.autocast()`` and
        ``accelerator.accumulate(unet)``: return ``(loss, logs)``; logs are floats (each loss term, for MLflow).
        ``step`` is the 0-based optimizer step, so multi-stage methods (SPF) pick their stage from it.
+       Optional ``loss_chunks(ctx, batch, step)``: an iterator of ``(loss, logs)`` parts whose sum is
+       ``compute_loss``; the loop back-propagates each part before asking for the next (one graph alive at once).
     3. ``state_dict()`` / ``load_state_dict(sd)``: the trainable tensors (checkpointed as safetensors; resume).
     4. ``set_enabled(ctx, bool)``: switch the SAME model between original and tuned (validation grids).
     5. ``prompt(text)``: rewrite a validation prompt (identity methods insert their placeholder).

@@ -125,14 +125,14 @@ class Trainer:
         total = 0.0
         for micro in range(self.cfg.grad_accum):
             batch = self.source.batch(self.step, micro)
-            with acc.autocast():
-                loss, parts = self.method.compute_loss(self.ctx, batch, self.step)
-            if not torch.isfinite(loss):
-                raise SpfError(f"step {self.step + 1}: loss is {float(loss)} (lower lr or use mixed_precision='no')")
-            acc.backward(loss)
-            total += float(loss.detach()) / self.cfg.grad_accum
-            for k, v in parts.items():
-                logs[k] = logs.get(k, 0.0) + v / self.cfg.grad_accum
+            for loss, parts in self._loss_parts(batch):
+                if not torch.isfinite(loss):
+                    raise SpfError(f"step {self.step + 1}: loss is {float(loss)} (lower lr or use "
+                                   "mixed_precision='no')")
+                acc.backward(loss)
+                total += float(loss.detach()) / self.cfg.grad_accum
+                for k, v in parts.items():
+                    logs[k] = logs.get(k, 0.0) + v / self.cfg.grad_accum
         grad_norm = acc.clip_grad_norm_(self.params, self.cfg.max_grad_norm)
         self.optimizer.step()
         self.lr_scheduler.step()
@@ -143,6 +143,25 @@ class Trainer:
             if k not in ("lr", "grad_norm"):
                 self.history.setdefault(k, []).append(v)
         return logs
+
+    def _loss_parts(self, batch):
+        """(loss, logs) parts of one micro-batch, each computed under autocast and back-propagated before the next
+        is computed: a method with ``loss_chunks`` (SPF) frees one graph before building the next; any other
+        method is one part, ``compute_loss``."""
+        acc = self.accelerator
+        chunks = getattr(self.method, "loss_chunks", None)
+        if chunks is None:
+            with acc.autocast():
+                part = self.method.compute_loss(self.ctx, batch, self.step)
+            yield part  # outside autocast: the backward runs as it always did
+            return
+        it = chunks(self.ctx, batch, self.step)
+        while True:
+            with acc.autocast():
+                part = next(it, None)
+            if part is None:
+                return
+            yield part
 
     # -- checkpoints ------------------------------------------------------------------------------------------
     def save_checkpoint(self, mlflow_run_id: str | None) -> Path:

@@ -137,6 +137,25 @@ class SpfMethod(LoraMethod):
             logs["loss_preserve"] = float(l_pres.detach())
         return total, logs
 
+    def loss_chunks(self, ctx: TrainContext, batch: dict[str, Any], step: int):
+        """``compute_loss`` in parts the training loop back-propagates one at a time (same value, same gradients,
+        same random draws): the response losses, then L_preserve. Unsplit, both graphs were alive until the one
+        backward — the default step held twice LoRA's activation memory (docs/method.md); now the response graph
+        is freed before the preserve forward runs. Other schedules are a single part."""
+        o = self.o
+        if step < o.stage1_steps or not o.use_preserve or o.preserve_split:
+            yield self.compute_loss(ctx, batch, step)
+            return
+        latents = ctx.encode_images(batch["pixel_values"])
+        noisy, _noise, t, target = ctx.add_noise(latents)
+        logs: dict[str, float] = {"stage": 2.0}
+        total, eps_ref = self.response_losses(ctx, batch, noisy, t, target, latents, logs, self.align_scale(step))
+        yield total, logs
+        if self.store is not None:
+            self.store.clear()  # the captured maps hold the response graph's tensors
+        l_pres = self.preserve_loss(ctx, noisy, t, list(batch["base_text"]), eps_ref)
+        yield o.w_preserve * l_pres, {"loss_preserve": float(l_pres.detach())}
+
     def _split(self, b: int, step: int):
         """(response indices, preserve indices). Default: both paths on every sample (the same tensor object, so the
         preserve loss reuses the response step's reference ε). ``preserve_split``: the first half of the batch takes
