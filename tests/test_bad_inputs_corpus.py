@@ -262,7 +262,13 @@ def _cases(w: dict) -> list[tuple[str, list[str], str, Path | None]]:
               ("promote-on-missing", ["promote", "corpus-model", "--on-missing", "maybe"], "on_missing", None),
               ("promote-no-challenger", ["promote", "corpus-model"], "challenger", None),
               ("rollback-unknown-model", ["rollback", "corpus-unknown"], "corpus-unknown", None),
-              ("rollback-no-champion", ["rollback", "corpus-model"], "nothing to roll back", None)]
+              ("rollback-no-champion", ["rollback", "corpus-model"], "nothing to roll back", None),
+              ("rollback-to-not-a-version", ["rollback", "corpus-model", "--to", "v2"], "--to 'v2'", None),
+              ("rollback-to-no-champion", ["rollback", "corpus-model", "--to", "1"], "nothing to roll back", None),
+              ("rollback-key-blank", ["rollback", "corpus-model", "--idempotency-key", " "], "--idempotency-key",
+               None),
+              ("rollback-key-quote", ["rollback", "corpus-model", "--idempotency-key", "it's"], "--idempotency-key",
+               None)]
     return cases
 
 
@@ -326,6 +332,8 @@ def test_bad_input_corpus(world, store, monkeypatch, capsys):
         from collections import Counter
 
         per = Counter(" ".join(argv[:2]) if argv[0] == "data" else argv[0] for _, argv, _, _ in cases)
-        print(f"\nbad-input corpus: {len(cases)} inputs ({dict(per)}), {len(failures)} failures")
+        tracebacks = sum("escaped" in f or "Traceback" in f for f in failures)
+        print(f"\nbad-input corpus: {len(cases)} inputs ({dict(per)}), {tracebacks} tracebacks, "
+              f"{len(failures)} failures")
     assert len(cases) >= 60
     assert not failures, "\n".join(failures)
