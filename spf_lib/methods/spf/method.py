@@ -150,9 +150,7 @@ class SpfMethod(LoraMethod):
         noisy, _noise, t, target = ctx.add_noise(latents)
         logs: dict[str, float] = {"stage": 2.0}
         total, eps_ref = self.response_losses(ctx, batch, noisy, t, target, latents, logs, self.align_scale(step))
-        yield total, logs
-        if self.store is not None:
-            self.store.clear()  # the captured maps hold the response graph's tensors
+        yield total, logs  # the loop's backward frees the response graph here (the captured maps stay readable)
         l_pres = self.preserve_loss(ctx, noisy, t, list(batch["base_text"]), eps_ref)
         yield o.w_preserve * l_pres, {"loss_preserve": float(l_pres.detach())}
 
