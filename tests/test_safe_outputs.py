@@ -214,6 +214,8 @@ def test_two_trainings_on_one_folder_20_trials(tmp_path):
         assert "another spf process is writing it" in msg and "\n" not in msg
         assert started.qsize() == 1
     assert outcomes == [["error", "ok"]] * 20
+    print(f"\ntwo trainings on one folder: {len(outcomes)} trials, one trained and the other got one line in "
+          f"{outcomes.count(['error', 'ok'])}, failures: {len(outcomes) - outcomes.count(['error', 'ok'])}")
 
 
 def test_train_sweeps_leftovers_and_resume_latest_falls_back(tmp_path, tiny_model_dir, caplog):
