@@ -244,7 +244,6 @@ def track_dataset(repo_dir: str | Path, data_dir_name: str = DATA_OUT, *, remote
     their own configuration (``remote_config`` or ``SPF_DVC_ENDPOINT_URL``).
     """
     from dvc.exceptions import DvcException
-    from dvc.repo import Repo
 
     _quiet_dvc()
     repo_dir = Path(repo_dir).resolve()
@@ -254,13 +253,11 @@ def track_dataset(repo_dir: str | Path, data_dir_name: str = DATA_OUT, *, remote
         raise SpfError(f"{repo_dir / data_dir_name}: not a folder")
     if not (repo_dir / ".git").exists():
         _git(repo_dir, "init", "-q")
-    if not _git_config(repo_dir, "user.email"):
-        _git(repo_dir, "config", "user.email", "spf@localhost")
-        _git(repo_dir, "config", "user.name", "spf")
+    _ensure_git_identity(repo_dir)
     sink = io.StringIO()
     try:
         with _dvc_silenced(), contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
-            repo = Repo.init(str(repo_dir)) if not (repo_dir / ".dvc").is_dir() else Repo(str(repo_dir))
+            repo = _dvc_repo(repo_dir)
             with repo:
                 _ensure_remote(repo, remote_name, remote_url, None if local_endpoint else endpoint_url)
                 if local_endpoint and endpoint_url:
@@ -296,6 +293,20 @@ def _dvc_silenced(level_while: int = logging.WARNING):
     finally:
         for lg, level in zip(loggers, levels, strict=True):
             lg.setLevel(level)
+
+
+def _ensure_git_identity(repo_dir: Path) -> None:
+    """Commits need an author; a pod or a fresh CI machine has none configured."""
+    if not _git_config(repo_dir, "user.email"):
+        _git(repo_dir, "config", "user.email", "spf@localhost")
+        _git(repo_dir, "config", "user.name", "spf")
+
+
+def _dvc_repo(repo_dir: Path):
+    """The DVC repo at ``repo_dir`` (a git repository), initialised on first use."""
+    from dvc.repo import Repo
+
+    return Repo.init(str(repo_dir)) if not (repo_dir / ".dvc").is_dir() else Repo(str(repo_dir))
 
 
 def _git_config(repo_dir: Path, key: str) -> str:
@@ -411,7 +422,6 @@ def add_data(folder: str | Path, repo_dir: str | Path | None = None, *, remote_u
     ``origin`` when it has none; with it or ``git_push`` the commit is pushed there, where a cluster can read it.
     """
     from dvc.exceptions import DvcException
-    from dvc.repo import Repo
 
     from spf_lib.data.precheck import precheck
 
@@ -434,13 +444,11 @@ def add_data(folder: str | Path, repo_dir: str | Path | None = None, *, remote_u
         _git(repo_dir, "init", "-q")
     elif top != repo_dir:
         raise SpfError(f"--repo {repo_dir}: inside the git repository {top}; pass its top level or another folder")
-    if not _git_config(repo_dir, "user.email"):
-        _git(repo_dir, "config", "user.email", "spf@localhost")
-        _git(repo_dir, "config", "user.name", "spf")
+    _ensure_git_identity(repo_dir)
     sink = io.StringIO()
     try:
         with _dvc_silenced(), contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
-            repo = Repo.init(str(repo_dir)) if not (repo_dir / ".dvc").is_dir() else Repo(str(repo_dir))
+            repo = _dvc_repo(repo_dir)
             with repo:
                 configured = _configured_remote(repo)
                 if remote_url or configured is None:
