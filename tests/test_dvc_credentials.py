@@ -100,3 +100,28 @@ def test_prepare_component_task_log_and_metadata(leaky_repo, tmp_path, monkeypat
     files = [p for p in root.rglob("*") if p.is_file()]
     for p in files:
         assert PASSWORD.encode() not in p.read_bytes(), p
+
+
+def test_dvc_console_handlers_follow_todays_streams(capsys):
+    """``import dvc`` binds its console handlers to the streams of that moment; once those are closed (pytest's
+    capture of an earlier test, a notebook cell), DVC's first log line raised LoggingException in place of the
+    real error. Every call into the DVC layer re-points them first."""
+    import io
+
+    import dvc  # noqa: F401  (binds the handlers)
+
+    from spf_lib.data import dvc_io
+
+    handlers = [h for h in logging.getLogger("dvc_data").handlers if type(h).__name__ == "LoggerHandler"]
+    assert handlers
+    closed = io.StringIO()
+    closed.close()
+    for h in handlers:
+        h.stream = closed
+
+    @dvc_io._scrubbed
+    def transfer():
+        logging.getLogger("dvc_data").error("failed to transfer '%s'", "md5/00/abc")
+
+    transfer()
+    assert "failed to transfer 'md5/00/abc'" in capsys.readouterr().err

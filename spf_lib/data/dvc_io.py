@@ -38,6 +38,22 @@ def _quiet_dvc() -> None:
     os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 
 
+def _rebind_dvc_console() -> None:
+    """``import dvc`` binds DVC's console handlers to the sys.stdout / sys.stderr of that moment. A process that
+    swaps its streams later (pytest's capture, a notebook, a KFP launcher) leaves them writing to a closed file, and
+    DVC turns that logging error into a LoggingException that replaces the real error. Point them at today's
+    streams before each call into DVC."""
+    import sys
+
+    for name in ("dvc", "dvc_objects", "dvc_data"):
+        for h in logging.getLogger(name).handlers:
+            if type(h).__name__ == "LoggerHandler" and isinstance(h, logging.StreamHandler):
+                want = sys.stderr if h.level >= logging.WARNING else sys.stdout
+                if h.stream is not want:
+                    with h.lock:  # not setStream(): it flushes the old stream, which may be the closed one
+                        h.stream = want
+
+
 def _scrubbed(fn):
     """Nothing that leaves the DVC layer carries a credential. A DVC remote URL (``.dvc/config``, ``remote_config``,
     ``$SPF_DVC_REMOTE_URL``) or a git remote may hold ``user:password@``, and DVC, fsspec, aiohttp and git put the
@@ -51,6 +67,7 @@ def _scrubbed(fn):
         import traceback
 
         install_log_redaction()
+        _rebind_dvc_console()
         try:
             return fn(*args, **kwargs)
         except SpfError as e:
