@@ -189,13 +189,20 @@ def ui(
     proc = subprocess.Popen(cmd, env=env, stdout=log_file, stderr=subprocess.STDOUT,  # noqa: S603
                             stdin=subprocess.DEVNULL, start_new_session=True)
     url = f"http://{host}:{port}"
+    import signal
+
+    def _stop(signum, frame):
+        raise KeyboardInterrupt
+
+    # Ctrl-C and SIGTERM (kill, systemd, a container stop) both stop the server group. Python installs no Ctrl-C
+    # handler when it starts with SIGINT ignored (a background job of a non-interactive shell), so set it here
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, _stop)
     typer.echo(f"MLflow UI on {uri}: {url}   (Ctrl-C stops it; server log {log_path})")
     try:
         while proc.poll() is None:
             time.sleep(0.5)
     except KeyboardInterrupt:
-        import signal
-
         for sig, grace in ((signal.SIGTERM, 10), (signal.SIGKILL, 5)):
             try:
                 os.killpg(proc.pid, sig)
