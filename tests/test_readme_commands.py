@@ -13,15 +13,12 @@ import json
 import os
 import re
 import shlex
-import signal
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
+from _ui_helpers import free_port, run_ui_until_ctrl_c
 
 pytestmark = pytest.mark.slow
 
@@ -45,34 +42,10 @@ def readme_commands(text: str) -> list[str]:
     return out
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _run_ui(argv: list[str], env: dict, cwd: Path) -> None:
-    port = _free_port()
-    proc = subprocess.Popen([*argv, "--port", str(port)], cwd=cwd, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
-    try:
-        deadline = time.monotonic() + 300  # a loaded CI machine starts MLflow's server slowly
-        while True:
-            assert proc.poll() is None, f"spf ui exited early: {proc.stdout.read() if proc.stdout else ''}"
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            assert time.monotonic() < deadline, "spf ui did not answer within 300 s"
-            time.sleep(2)
-        proc.send_signal(signal.SIGINT)
-        out, _ = proc.communicate(timeout=180)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 0, out
+    port = free_port()
+    rc, out = run_ui_until_ctrl_c(argv, env, cwd, port)
+    assert rc == 0, out
     assert f"http://127.0.0.1:{port}" in out and "stopped" in out
 
 
