@@ -372,7 +372,7 @@ def retrain_if_changed(
     origin = subprocess.run(["git", "-C", str(repo), "remote", "get-url", "origin"], capture_output=True, text=True,
                             check=False).stdout.strip()
     if origin and "data_repo" not in run_params:  # the cluster clones the repo that holds data.dvc
-        from spf_lib.data.dvc_io import refuse_credentials_in_url
+        from spf_lib.data.dvc_guard import refuse_credentials_in_url
 
         refuse_credentials_in_url(origin, f"{repo}: git remote 'origin'")
         run_params["data_repo"] = origin

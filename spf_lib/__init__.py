@@ -40,7 +40,7 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "promote": ("spf_lib.registry.promotion", "promote"),
     "rollback": ("spf_lib.registry.promotion", "rollback"),
     "pull_data": ("spf_lib.data.dvc_io", "pull_data"),
-    "add_data": ("spf_lib.data.dvc_io", "add_data"),
+    "add_data": ("spf_lib.data.dvc_versioning", "add_data"),
     "synth_dataset": ("spf_lib.data.synth", "synth_dataset"),
     "save_tiny_pipeline": ("spf_lib.models.factory", "save_tiny_pipeline"),
     "Settings": ("spf_lib.settings", "Settings"),

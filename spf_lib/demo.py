@@ -111,7 +111,7 @@ def ensure_data_repo(root: Path, n_images: int, seed: int) -> tuple[str, str, st
     against ``data.dvc`` and pushes it to the local remote ``.spf/dvc-remote``; the user commits nothing). Another
     size/seed, or a package installed outside a git checkout, gets a repo of its own under ``root``.
     """
-    from spf_lib.data.dvc_io import committed_data_rev, track_dataset
+    from spf_lib.data.dvc_versioning import committed_data_rev, track_dataset
 
     if (n_images, seed) == (DEMO_IMAGES, DEMO_DATA_SEED):
         found = committed_data_rev(REPO_ROOT, regenerate=synth_demo_data)

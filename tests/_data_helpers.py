@@ -142,7 +142,7 @@ def free_port() -> int:
 
 def make_data_repo(base: Path, remote_url: str, **track_kw) -> tuple[Path, list[tuple[str, str]]]:
     """A DVC data repo with two revisions of `data`: v1 = two portraits, v2 = + a mirrored portrait."""
-    from spf_lib.data.dvc_io import track_dataset
+    from spf_lib.data.dvc_versioning import track_dataset
 
     repo = base / "datarepo"
     two_portraits(repo / "data")

@@ -7,7 +7,8 @@ import shutil
 
 import pytest
 
-from spf_lib.data.dvc_io import DATA_REF_FILE, pull_data, track_dataset
+from spf_lib.data.dvc_io import DATA_REF_FILE, pull_data
+from spf_lib.data.dvc_versioning import track_dataset
 from spf_lib.errors import SpfError
 from tests._data_helpers import git, make_data_repo, run_cli
 

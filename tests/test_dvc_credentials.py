@@ -11,7 +11,8 @@ import traceback
 
 import pytest
 
-from spf_lib.data.dvc_io import add_data, pull_data, track_dataset
+from spf_lib.data.dvc_io import pull_data
+from spf_lib.data.dvc_versioning import add_data, track_dataset
 from spf_lib.errors import SpfError
 from tests._data_helpers import free_port, two_portraits
 
@@ -110,7 +111,7 @@ def test_dvc_console_handlers_follow_todays_streams(capsys):
 
     import dvc  # noqa: F401  (binds the handlers)
 
-    from spf_lib.data import dvc_io
+    from spf_lib.data import dvc_guard
 
     handlers = [h for h in logging.getLogger("dvc_data").handlers if type(h).__name__ == "LoggerHandler"]
     assert handlers
@@ -119,7 +120,7 @@ def test_dvc_console_handlers_follow_todays_streams(capsys):
     for h in handlers:
         h.stream = closed
 
-    @dvc_io._scrubbed
+    @dvc_guard.scrubbed
     def transfer():
         logging.getLogger("dvc_data").error("failed to transfer '%s'", "md5/00/abc")
 

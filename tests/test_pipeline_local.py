@@ -69,7 +69,7 @@ def test_bad_data_stops_the_run_before_training(tmp_path, tiny_model_dir, monkey
     from PIL import Image
 
     from pipelines.local import run_local
-    from spf_lib.data.dvc_io import track_dataset
+    from spf_lib.data.dvc_versioning import track_dataset
     from spf_lib.errors import SpfError
 
     repo = tmp_path / "repo"

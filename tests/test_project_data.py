@@ -9,7 +9,8 @@ from functools import partial
 
 import pytest
 
-from spf_lib.data.dvc_io import committed_data_rev, pull_data
+from spf_lib.data.dvc_io import pull_data
+from spf_lib.data.dvc_versioning import committed_data_rev
 from spf_lib.demo import synth_demo_data
 from spf_lib.errors import SpfError
 from tests._data_helpers import git

@@ -75,7 +75,7 @@ def synth(
         raise SpfError(f"--n {n}: must be at least 1")
     path = synth_demo_data(output_dir, n=n, seed=DEMO_DATA_SEED if seed is None else seed)
     typer.echo(f"wrote {n} synthetic portraits to {path}")
-    from spf_lib.data.dvc_io import cache_if_tracked
+    from spf_lib.data.dvc_versioning import cache_if_tracked
 
     try:
         md5 = cache_if_tracked(path)  # data/ beside data.dvc: same bytes -> DVC cache; `dvc status` is clean
@@ -103,7 +103,7 @@ def add(
 ) -> None:
     """Check a folder like `prepare` does, version it with DVC as data/, push it, commit, print the data_rev."""
     from spf_lib.data.config import PrepareConfig
-    from spf_lib.data.dvc_io import PrecheckFailed, add_data
+    from spf_lib.data.dvc_versioning import PrecheckFailed, add_data
     from spf_lib.settings import quiet_third_parties
 
     quiet_third_parties()

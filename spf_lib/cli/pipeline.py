@@ -150,7 +150,7 @@ def _named_params(data_repo, data_rev, base_model, method) -> dict[str, object]:
 
 def _checked(params: dict[str, object]) -> dict[str, object]:
     """Refuse a token inside data_repo before it is stored as a run parameter (and later as lineage)."""
-    from spf_lib.data.dvc_io import refuse_credentials_in_url
+    from spf_lib.data.dvc_guard import refuse_credentials_in_url
 
     if isinstance(params.get("data_repo"), str):
         refuse_credentials_in_url(params["data_repo"], "data_repo")
