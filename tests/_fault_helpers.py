@@ -120,7 +120,7 @@ def registry_state(client, name: str) -> dict:
     """Aliases, history, journal and versions of one registered model."""
     import json
 
-    from spf_lib.registry.promotion import HISTORY_TAG, OP_TAG
+    from spf_lib.registry.champion_state import HISTORY_TAG, OP_TAG
 
     rm = client.get_registered_model(name)
     aliases = {}
@@ -167,7 +167,7 @@ def running_runs(client, experiment_name: str = "spf-portrait") -> list[str]:
 
 
 def no_lock_left(client, name: str) -> bool:
-    from spf_lib.registry.promotion import LOCK_SUFFIX
+    from spf_lib.registry.promotion_lock import LOCK_SUFFIX
 
     try:
         client.get_registered_model(name + LOCK_SUFFIX)

@@ -226,8 +226,8 @@ def test_two_promotes_at_once_20_trials(rig, monkeypatch, capsys):
 
     from spf_lib.errors import SpfError
     from spf_lib.registry import promote
+    from spf_lib.registry.champion_state import HISTORY_TAG
     from spf_lib.registry.metrics import parse_metrics
-    from spf_lib.registry.promotion import HISTORY_TAG
 
     server, _proxy = rig
     for k in ("MLFLOW_REGISTRY_URI", "MLFLOW_EXPERIMENT_ID", "MLFLOW_RUN_ID"):

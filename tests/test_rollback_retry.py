@@ -14,8 +14,10 @@ from types import SimpleNamespace
 
 import pytest
 
-from spf_lib.registry import promotion
-from spf_lib.registry.promotion import HISTORY_TAG, LOCK_SUFFIX, OP_TAG, rollback
+from spf_lib.registry import promotion_lock
+from spf_lib.registry.champion_state import HISTORY_TAG, OP_TAG
+from spf_lib.registry.promotion import rollback
+from spf_lib.registry.promotion_lock import LOCK_SUFFIX
 from spf_lib.registry.session import RetryPolicy
 
 NAME = "retry-model"
@@ -140,7 +142,7 @@ def test_every_lost_reply_then_the_same_command_again(registry, monkeypatch, how
             failed = True
         registry["client"] = FakeClient(store)
         with monkeypatch.context() as m:
-            m.setattr(promotion, "_pid_alive", lambda pid: False)  # a new process: the first one is gone
+            m.setattr(promotion_lock, "_pid_alive", lambda pid: False)  # a new process: the first one is gone
             again = rollback(NAME, retry=NO_WAIT, **how)
         outcomes.append((drop, failed, again.changed))
         assert _state(store) == ("2", "1", "1,2", "done", False), (drop, clean.mutations[drop], _state(store))
