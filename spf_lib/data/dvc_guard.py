@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import io
 import logging
 import os
 import re
@@ -57,13 +58,16 @@ def rebind_dvc_console() -> None:
 @contextlib.contextmanager
 def dvc_silenced(level_while: int = logging.WARNING) -> Iterator[None]:
     """DVC's own loggers print git hints ("To track the changes with git...") that we act on ourselves, and
-    dvc_data warns about objects a fresh clone's remote cannot have yet."""
+    dvc_data warns about objects a fresh clone's remote cannot have yet; what DVC prints itself (progress bars,
+    hints) is dropped too: our caller reports the outcome in its own words."""
     loggers = [logging.getLogger(name) for name in ("dvc", "dvc_data", "dvc_objects")]
     levels = [lg.level for lg in loggers]
     for lg in loggers:
         lg.setLevel(max(level_while, lg.level))
+    sink = io.StringIO()
     try:
-        yield
+        with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
+            yield
     finally:
         for lg, level in zip(loggers, levels, strict=True):
             lg.setLevel(level)

@@ -8,8 +8,6 @@ remote lacks, and a data.dvc is never left rewritten behind the user's back. Rea
 
 from __future__ import annotations
 
-import contextlib
-import io
 import logging
 import subprocess
 from dataclasses import dataclass
@@ -55,9 +53,8 @@ def track_dataset(repo_dir: str | Path, data_dir_name: str = DATA_OUT, *, remote
     if not (repo_dir / ".git").exists():
         git(repo_dir, "init", "-q")
     ensure_git_identity(repo_dir)
-    sink = io.StringIO()
     try:
-        with dvc_silenced(), contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
+        with dvc_silenced():
             repo = dvc_repo(repo_dir)
             with repo:
                 ensure_remote(repo, remote_name, remote_url, None if local_endpoint else endpoint_url)
@@ -161,9 +158,8 @@ def add_data(folder: str | Path, repo_dir: str | Path | None = None, *, remote_u
     elif top != repo_dir:
         raise SpfError(f"--repo {repo_dir}: inside the git repository {top}; pass its top level or another folder")
     ensure_git_identity(repo_dir)
-    sink = io.StringIO()
     try:
-        with dvc_silenced(), contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
+        with dvc_silenced():
             repo = dvc_repo(repo_dir)
             with repo:
                 configured = configured_remote(repo)
@@ -250,11 +246,9 @@ def committed_data_rev(repo_dir: str | Path, regenerate: Any = None) -> tuple[st
                        "(spf data add does) or restore it (git checkout data.dvc)")
     before = dvcfile.read_bytes()
     md5, _ = data_hash_from_dvcfile(before.decode(), str(dvcfile))
-    sink = io.StringIO()
     try:
         # ERROR: a fresh clone's pull warns about the (expected) empty remote before we regenerate
-        with dvc_silenced(logging.ERROR), contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink), \
-                Repo(str(repo_dir)) as repo:
+        with dvc_silenced(logging.ERROR), Repo(str(repo_dir)) as repo:
             data = repo_dir / DATA_OUT
 
             def differs() -> bool:  # workspace vs data.dvc; a cache without the objects is not a difference
@@ -301,10 +295,8 @@ def cache_if_tracked(data_dir: str | Path) -> str | None:
         return None
     before = dvcfile.read_bytes()
     md5, _ = data_hash_from_dvcfile(before.decode(), str(dvcfile)) if data_dir.name == DATA_OUT else (None, None)
-    sink = io.StringIO()
     try:
-        with dvc_silenced(logging.ERROR), contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink), \
-                Repo(str(data_dir.parent)) as repo:
+        with dvc_silenced(logging.ERROR), Repo(str(data_dir.parent)) as repo:
             (stage,) = repo.stage.collect(str(dvcfile))
             if any(out.workspace_status() for out in stage.outs):
                 raise SpfError(f"{data_dir}: regenerated, but it does not match {dvcfile.name} ({md5}); if the "
