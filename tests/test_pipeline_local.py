@@ -19,7 +19,8 @@ def workspace(tmp_path_factory):
     return prepare_workspace(tmp_path_factory.mktemp("demo"), n_images=6, seed=1)
 
 
-@pytest.mark.parametrize("method", ["lora", "spf", "celeb-basis", "beyond-inserting"])
+# SPF's run (same pipeline, same assertions, a real `mlflow server` as the store) is in tests/test_pipeline_mlflow.py
+@pytest.mark.parametrize("method", ["lora", "celeb-basis", "beyond-inserting"])
 def test_pipeline_runs_end_to_end_and_model_loads_by_alias(workspace, method, monkeypatch, tmp_path):
     import mlflow
     from mlflow import MlflowClient

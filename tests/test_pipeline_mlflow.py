@@ -29,7 +29,8 @@ NAME = "e2e-mlflow"
 @pytest.fixture(scope="module")
 def mlflow_server(tmp_path_factory):
     server = MlflowServer(tmp_path_factory.mktemp("mlflow-server"))
-    server.start(timeout=300)  # a busy CI machine starts it slowly
+    # a busy CI machine starts it slowly; SPF_TEST_SERVER_START_S (tests/README.md) raises the wait further
+    server.start(timeout=max(300.0, float(os.environ.get("SPF_TEST_SERVER_START_S", "0"))))
     yield server
     server.stop()
 
@@ -124,6 +125,38 @@ def test_the_pipeline_run_is_one_mlflow_run_with_everything_in_it(pipeline, mlfl
     if os.environ.get("SPF_SCREENSHOT_DIR"):
         _screenshots(Path(os.environ["SPF_SCREENSHOT_DIR"]), mlflow_server.uri, exp.experiment_id,
                      run.info.run_id, str(mv.version), tmp_path)
+
+
+def test_the_version_loads_by_alias_through_the_server_and_generates(pipeline, mlflow_server, monkeypatch):
+    """The SPF case of tests/test_pipeline_local.py (which runs the other methods on the embedded store): the
+    pipeline's data made it through, and the registered version loads by its alias from the server and draws."""
+    import io
+
+    import mlflow
+    from PIL import Image
+
+    ws, out = pipeline
+    assert out["data_rev"] == ws.data_rev
+    assert out["n_kept"] + out["n_rejected"] == 6 and out["n_kept"] >= 4
+    assert json.dumps(out["metrics"])  # metrics made it through as JSON
+    client = _client(mlflow_server)
+    reg = out["registration"]["registered"]
+    assert "challenger" in reg["aliases"]
+    version = client.get_model_version(NAME, str(reg["version"]))
+    promo = out["registration"]["promotion"]
+    alias = "champion" if promo and promo["passed"] else "challenger"
+    assert client.get_model_version_by_alias(NAME, alias).version == version.version
+    assert version.tags.get("data_rev") == ws.data_rev and version.tags.get("method") == "spf"
+
+    # this test's URIs only: MLflow's process-wide ones are put back afterwards
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server.uri)
+    monkeypatch.setattr("mlflow.tracking._tracking_service.utils._tracking_uri", mlflow_server.uri)
+    monkeypatch.setattr("mlflow.tracking._model_registry.utils._registry_uri", mlflow_server.uri)
+    model = mlflow.pyfunc.load_model(f"models:/{NAME}@{alias}")
+    res = ws.resolution
+    images = model.predict({"prompt": ["a photo of a woman, wearing round glasses"]},
+                           params={"num_inference_steps": 2, "height": res, "width": res})
+    assert Image.open(io.BytesIO(images[0])).size == (res, res)
 
 
 def _screenshots(folder: Path, uri: str, exp_id: str, run_id: str, version: str, tmp_path: Path) -> None:
