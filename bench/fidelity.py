@@ -47,6 +47,7 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "spf issue-9 SFCM": ("spf", {"sfcm_norm": "quantile", "sfcm_gate_pool": "max"}),
     "spf-paper": ("spf", {"preset": "spf-paper"}),
     "spf-paper w/o SFCM": ("spf", {"preset": "spf-paper", "use_sfcm": False}),
+    "spf lr×1": ("spf", {"lr_scale": 1.0}),  # the default until issue 15's second round: LoRA's lr
 }
 DEFAULT_VARIANTS = ["naive", "lora", "spf", "spf split", "spf w/o SFCM", "spf-paper"]
 DEFAULT_CONFIGS = "background=red+expression=smiling:7:123;background=blue+expression=neutral:11:321"

@@ -411,6 +411,14 @@ def test_presets_and_enhanced_needs_a_clip():
     assert SpfOptions(image_embedder="some/clip").use_enhanced
     again = SpfOptions(**paper.model_dump())                           # a resolved config reloads unchanged
     assert again == paper
+    assert (ours.lr_scale, paper.lr_scale) == (2.0, 1.0)
+
+
+def test_spf_optimizer_runs_at_lr_scale_times_the_configured_lr(trainer):
+    """The optimizer (and the scheduler whose lr MLflow logs) runs at cfg.lr × spf.lr_scale."""
+    cfg = trainer.cfg
+    assert [g["lr"] for g in trainer.optimizer.param_groups] == [cfg.lr * cfg.spf.lr_scale]
+    assert trainer.lr_scheduler.get_last_lr() == [pytest.approx(cfg.lr * cfg.spf.lr_scale)]  # what the logs show
 
 
 def test_enhanced_decodes_only_samples_past_the_threshold(trainer):

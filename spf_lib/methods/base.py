@@ -113,7 +113,8 @@ class TrainingMethod(Protocol):
     """One training method. The loop calls, in order:
 
     1. ``setup(ctx)`` once: add adapters/modules, return the trainable parameters (fp32; the loop builds the
-       optimizer over exactly these and checks that nothing else has ``requires_grad``).
+       optimizer over exactly these and checks that nothing else has ``requires_grad``). Optional attribute
+       ``lr_scale``: the optimizer's lr is ``cfg.lr × lr_scale`` (SPF's ``spf.lr_scale``).
     2. ``compute_loss(ctx, batch, step)`` per micro-batch, inside ``accelerator.autocast()`` and
        ``accelerator.accumulate(unet)``: return ``(loss, logs)``; logs are floats (each loss term, for MLflow).
        ``step`` is the 0-based optimizer step, so multi-stage methods (SPF) pick their stage from it.

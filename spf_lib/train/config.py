@@ -49,7 +49,7 @@ SPF_PRESETS: dict[str, dict[str, Any]] = {
     # the paper's loss set and two-stage schedule as we read it: stage 1 = plain fine-tuning for half the steps,
     # stage 2 = L_diff + L_text (base tokens and padding) + L_fine + L_enh (when a CLIP is configured), SFCM-gated
     "spf-paper": {"stage1_steps": None, "use_out": False, "use_preserve": False, "preserve_in_stage1": False,
-                  "text_include_special": True},
+                  "text_include_special": True, "lr_scale": 1.0},
 }
 
 
@@ -79,6 +79,9 @@ class SpfOptions(_Strict):
         0, ge=0, description="Optimizer steps of plain LoRA fine-tuning before stage 2; None = half of `steps` "
         "(the paper's v3: fine-tune, then align); default 0 = align from the start (docs/method.md, measured)")
     w_diffusion: float = Field(1.0, ge=0)
+    lr_scale: float = Field(2.0, gt=0, le=100, description="SPF's optimizer lr = lr × this (default 2: the "
+                            "alignment losses hold the adapter back, and at LoRA's lr SPF's target was still rising "
+                            "at the step budget; measured on the frontier, docs/method.md). 1 = the configured lr")
     use_text: bool = True
     w_text: float = Field(1.0, ge=0, description="λ for L_text-consistent")
     use_fine: bool = True

@@ -93,7 +93,9 @@ class Trainer:
         if cfg.gradient_checkpointing:
             backbone.denoiser.enable_gradient_checkpointing()
         backbone.denoiser.train()
-        self.optimizer = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=cfg.adam_weight_decay)
+        # a method may ask for a multiple of the configured lr (SPF: its constraints slow the target down)
+        lr = cfg.lr * float(getattr(self.method, "lr_scale", 1.0))
+        self.optimizer = torch.optim.AdamW(self.params, lr=lr, weight_decay=cfg.adam_weight_decay)
         from diffusers.optimization import get_scheduler
 
         self.lr_scheduler = get_scheduler(cfg.lr_scheduler, self.optimizer, num_warmup_steps=cfg.lr_warmup_steps,

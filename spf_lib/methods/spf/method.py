@@ -24,6 +24,7 @@ class SpfMethod(LoraMethod):
     def __init__(self, cfg) -> None:
         super().__init__(cfg)
         self.o = cfg.spf
+        self.lr_scale = cfg.spf.lr_scale  # the loop's optimizer lr = cfg.lr × this
         self.store = None
         self.mapper = None
         self.embedder = None
