@@ -27,13 +27,13 @@ def test_bad_configuration_is_one_clear_error(tmp_path):
 def test_frontier_interpolation():
     import math
 
-    import bench.fidelity as fid
+    import bench.frontier_report as rep
 
     path = [(0.0, 0.0), (0.1, 0.2), (0.3, 0.6), (0.25, 0.5)]  # (pollution, target) by step
-    assert fid.pollution_at_target(path, 0.4) == pytest.approx(0.2, abs=0.01)   # halfway along the 2nd segment
-    assert math.isnan(fid.pollution_at_target(path, 0.7))                      # never reached
-    assert fid.target_at_pollution(path, 0.1) == pytest.approx(0.2, abs=0.01)
-    assert fid.target_at_pollution(path, 0.26) == pytest.approx(0.52, abs=0.02)  # on the 2nd segment, not the last point
+    assert rep.pollution_at_target(path, 0.4) == pytest.approx(0.2, abs=0.01)   # halfway along the 2nd segment
+    assert math.isnan(rep.pollution_at_target(path, 0.7))                      # never reached
+    assert rep.target_at_pollution(path, 0.1) == pytest.approx(0.2, abs=0.01)
+    assert rep.target_at_pollution(path, 0.26) == pytest.approx(0.52, abs=0.02)  # on the 2nd segment, not the last point
 
 
 @pytest.mark.slow
