@@ -43,3 +43,24 @@ def frozen_checksum(module) -> float:
 
     with torch.no_grad():
         return float(sum(p.double().sum() for n, p in module.named_parameters() if "lora_" not in n))
+
+
+def spf_step_with_maps(tr):
+    """One SPF training step; returns (logs, ref maps, res maps) as the response losses read them.
+
+    The method drops the reference maps once its losses are computed (they are not needed by the backward), so
+    the test keeps what the store held just before that."""
+    store = tr.method.store
+    seen: list[dict] = []
+    real = store.drop
+
+    def drop(mode: str) -> None:
+        seen.append(dict(store.maps))
+        real(mode)
+
+    store.drop = drop
+    try:
+        logs = tr.train_step()
+    finally:
+        del store.drop
+    return logs, seen[-1]["ref"], seen[-1]["res"]

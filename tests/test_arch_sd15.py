@@ -5,7 +5,7 @@ layer count (16 cross-attention layers, 8 heads, 4 resolutions) and widths."""
 from __future__ import annotations
 
 import pytest
-from _arch_helpers import RESOLUTION, arch_trainer, frozen_checksum, reset
+from _arch_helpers import RESOLUTION, arch_trainer, frozen_checksum, reset, spf_step_with_maps
 
 pytestmark = pytest.mark.arch
 
@@ -76,13 +76,12 @@ def test_sd15_spf_step_captures_every_cross_attention_layer(fresh, tmp_path):
     noisy, t, cond, eps0 = _probe(fresh)
     before = frozen_checksum(fresh.unet)
     tr = arch_trainer(fresh, tmp_path, "spf")
-    logs = tr.train_step()
+    logs, ref, res = spf_step_with_maps(tr)
     for k in ("loss_diffusion", "loss_text", "loss_fine", "loss_out", "loss_preserve"):
         assert torch.isfinite(torch.tensor(logs[k])), k
     assert "loss_enhanced" not in logs  # no CLIP configured: L_enh is off (issue 15)
     expected = cross_attention_layers(SD15_UNET)
     assert len(expected) == 16
-    ref, res = tr.method.store.maps["ref"], tr.method.store.maps["res"]
     assert sorted(ref) == sorted(res) == sorted(expected)
     heads = SD15_UNET["attention_head_dim"]  # SD 1.5's config calls its head count attention_head_dim
     side = RESOLUTION // 8

@@ -7,7 +7,7 @@ attention still sees 77 CLIP + 256 T5 text tokens); the tiny SD3 in tests/test_s
 from __future__ import annotations
 
 import pytest
-from _arch_helpers import RESOLUTION, arch_trainer, frozen_checksum, reset
+from _arch_helpers import RESOLUTION, arch_trainer, frozen_checksum, reset, spf_step_with_maps
 
 pytestmark = pytest.mark.arch
 
@@ -70,11 +70,10 @@ def test_sd35_medium_lora_and_spf_steps_at_full_depth(fresh, tmp_path):
     assert cond.hidden.shape == (1, 77 + 256, tr_cfg.joint_attention_dim)  # CLIP positions, then T5's (zeros)
     with torch.no_grad():
         eps0 = ctx.denoise(noisy, t, cond)  # the original model: the adapter is still the identity here
-    logs = tr.train_step()
+    logs, ref, res_maps = spf_step_with_maps(tr)
     for k in ("loss_diffusion", "loss_text", "loss_fine", "loss_preserve"):
         assert torch.isfinite(torch.tensor(logs[k])), k
     assert all(p.dtype == torch.float32 for p in tr.params)
-    ref, res_maps = tr.method.store.maps["ref"], tr.method.store.maps["res"]
     joint = [f"transformer_blocks.{i}.attn" for i in range(24)]
     assert sorted(ref) == sorted(res_maps) == sorted(joint)  # every joint block, none of the image-only attn2
     n = (side // 2) ** 2  # 2x2 patches

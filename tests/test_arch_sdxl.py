@@ -6,7 +6,7 @@ text_time conditioning): one LoRA step and one SPF step at 128 px."""
 from __future__ import annotations
 
 import pytest
-from _arch_helpers import RESOLUTION, arch_trainer, frozen_checksum, reset
+from _arch_helpers import RESOLUTION, arch_trainer, frozen_checksum, reset, spf_step_with_maps
 
 pytestmark = pytest.mark.arch
 
@@ -66,10 +66,9 @@ def test_sdxl_lora_and_spf_steps_at_full_depth(fresh, tmp_path):
     before = frozen_checksum(fresh.unet)
     tr = arch_trainer(fresh, tmp_path, "spf")
     noisy, t, cond, eps0 = _probe(fresh, tr.ctx)  # the original model: the adapter is still the identity here
-    logs = tr.train_step()
+    logs, ref, res = spf_step_with_maps(tr)
     for k in ("loss_diffusion", "loss_text", "loss_fine", "loss_preserve"):
         assert torch.isfinite(torch.tensor(logs[k])), k
-    ref, res = tr.method.store.maps["ref"], tr.method.store.maps["res"]
     expected = cross_attention_layers(dict(fresh.unet.config))
     assert len(expected) == 70 and sorted(ref) == sorted(res) == sorted(expected)
     heads = {f"down_blocks.{i}": h for i, h in enumerate((5, 10, 20))}

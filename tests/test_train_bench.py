@@ -16,6 +16,10 @@ def test_train_step_bench_tiny():
     assert v["lora"]["time_ratio_vs_lora"] == 1.0
     for name in names[1:]:
         assert v[name]["time_ratio_vs_lora"] > 0 and v[name]["mem_ratio_vs_lora"] > 0
+    # CPU: the ratio is of the profiler's exact allocation peaks (RSS sampling missed short peaks)
+    assert res["columns"][3] == "step_peak_alloc_mb"
+    assert all(v[n]["step_peak_alloc_mb"] > 0 for n in names)
+    assert v["spf"]["mem_ratio_vs_lora"] == v["spf"]["step_peak_alloc_mb"] / v["lora"]["step_peak_alloc_mb"]
 
 
 def test_bad_option_is_one_line():

@@ -38,6 +38,10 @@ class AttentionStore:
         self.maps = {}
         self.mode = None
 
+    def drop(self, mode: str) -> None:
+        """Forget one path's maps: their tensors are freed unless autograd still holds them."""
+        self.maps.pop(mode, None)
+
     def __setattr__(self, key, value):
         if key == "mode" and value is not None:
             object.__setattr__(self, "explicit", True)

@@ -203,6 +203,10 @@ class SpfMethod(LoraMethod):
             l_enh = self.enhanced(ctx, batch, noisy, t, latents, eps_res, eps_ref)
             total = total + o.w_enhanced * l_enh
             logs["loss_enhanced"] = float(l_enh.detach())
+        if self.store is not None:
+            # the reference maps (no grad) are read only by the losses above, not by their backward: freed here,
+            # they are not alive at the backward's peak (issue 15, cost: docs/method.md)
+            self.store.drop("ref")
         return total, eps_ref
 
     def stage1_with_preserve(self, ctx: TrainContext, batch: dict[str, Any]):
