@@ -48,8 +48,16 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "spf-paper": ("spf", {"preset": "spf-paper"}),
     "spf-paper w/o SFCM": ("spf", {"preset": "spf-paper", "use_sfcm": False}),
     "spf lr×1": ("spf", {"lr_scale": 1.0}),  # the default until issue 15's second round: LoRA's lr
+    "spf w/o target tokens": ("spf", {"target_tokens": False}),
+    "spf L_preserve on every sample": ("spf", {"preserve_frac": 1.0}),
+    # Run 7's default (issue 15, third session): no target tokens, L_preserve on every sample
+    "spf run 7": ("spf", {"target_tokens": False, "preserve_frac": 1.0}),
+    # a control: the target-token rows with LoRA's loss alone (every SPF loss and the SFCM off, LoRA's lr)
+    "lora + target tokens": ("spf", {"target_tokens": True, "use_text": False, "use_fine": False, "use_out": False,
+                                     "use_enhanced": False, "use_preserve": False, "use_sfcm": False,
+                                     "lr_scale": 1.0}),
 }
-DEFAULT_VARIANTS = ["naive", "lora", "spf", "spf split", "spf w/o SFCM", "spf-paper"]
+DEFAULT_VARIANTS = ["naive", "lora", "spf", "spf w/o target tokens", "spf w/o SFCM", "spf-paper"]
 DEFAULT_CONFIGS = "background=red+expression=smiling:7:123;background=blue+expression=neutral:11:321"
 # the two SFCM settings whose overlap with the rendered glasses is reported
 SFCM_SETTINGS = {"robust (now)": {"sfcm_norm": "robust"},

@@ -11,7 +11,7 @@ bf16 when mixed_precision=bf16.
 Options: model=tiny|sd15|sdxl|sd3 (config= is the same option), width_divisor=N (sdxl, sd3: every width / N, depths
 kept), steps=N (timed), warmup=N, batch=N, resolution=N, mixed_precision=no|bf16,
 capture=PATTERN[,PATTERN], checkpointing=0|1, interleave=0|1,
-variants=lora,spf-no-enh,spf-default-no-enh,spf-split-no-enh,spf (spf, with the world's CLIP: tiny only).
+variants=lora,spf-no-enh,spf-default-no-enh,spf-run7-no-enh,spf-split-no-enh,spf (spf, with the world's CLIP: tiny only).
 Goals (issues 4, 15): SPF stage-2 step ≤ 1.4× LoRA step time, step memory ≤ 1.15× LoRA.
 """
 
@@ -27,10 +27,15 @@ from pathlib import Path
 VARIANTS = {
     "lora": {"method": "lora"},
     # the paper's dual path (issue 4's goal): our L_preserve (one more forward/backward) and L_out switched off
-    "spf-no-enh": {"method": "spf", "spf": {"use_enhanced": False, "use_preserve": False, "use_out": False}},
-    # the default preset without a CLIP (L_enh is then off): dual path + L_out + L_preserve on every sample
+    "spf-no-enh": {"method": "spf", "spf": {"use_enhanced": False, "use_preserve": False, "use_out": False,
+                                            "target_tokens": False}},
+    # the default preset without a CLIP (L_enh is then off): dual path + L_out + target-token rows + L_preserve on
+    # spf.preserve_frac of each batch
     "spf-default-no-enh": {"method": "spf", "spf": {"use_enhanced": False}},
-    # the same, each batch split between the response path and L_preserve (spf.preserve_split)
+    # Run 7's default (issue 15, third session): no target-token rows, L_preserve on every sample
+    "spf-run7-no-enh": {"method": "spf", "spf": {"use_enhanced": False, "target_tokens": False,
+                                                  "preserve_frac": 1.0}},
+    # each batch split between the response path and L_preserve (spf.preserve_split)
     "spf-split-no-enh": {"method": "spf", "spf": {"use_enhanced": False, "preserve_split": True}},
     # the default preset with the world's CLIP configured (tiny only: L_enh decodes x̂0 for every sample)
     "spf": {"method": "spf", "spf": {"enh_max_timestep": 1000}, "clip": True},
@@ -259,9 +264,10 @@ def run(options: dict[str, str]) -> dict:
              "sampled during the timed steps minus the resident weights + optimizer state before them, kept in the "
              "JSON); times = medians of steps interleaved round-robin in one process; on CPU they "
              "are process CPU seconds with 1 torch thread"),
-            ("spf-no-enh = the paper's dual path (L_text, L_fine, SFCM); spf-default-no-enh adds our L_out and "
-             "L_preserve (base + empty prompt: one more forward/backward, half a no-grad forward) = the default "
-             "preset when no CLIP is configured; spf-split-no-enh splits each batch between the response path and "
+            ("spf-no-enh = the paper's dual path (L_text, L_fine, SFCM); spf-default-no-enh adds our L_out, the "
+             "target-token rows and L_preserve (base + empty prompt: one more forward/backward, half a no-grad "
+             "forward) on spf.preserve_frac of each batch = the default preset when no CLIP is configured; "
+             "spf-run7-no-enh = Run 7's default (no token rows, L_preserve on every sample); spf-split-no-enh splits each batch between the response path and "
              "L_preserve (spf.preserve_split); spf = the default preset with the world's CLIP (L_enhanced decodes "
              "x̂0 through the VAE)"),
         ],

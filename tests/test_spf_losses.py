@@ -453,19 +453,47 @@ def test_preserve_split_runs_each_sample_through_one_path(trainer):
     hook = ctx.unet.register_forward_pre_hook(lambda mod, args: calls.append(args[0].shape[0]))
     try:
         m.o = saved.model_copy(update={"preserve_split": True, "use_enhanced": False})
-        assert [x.tolist() for x in m._split(4, 0)] == [[0, 1], [2, 3]]
+        assert [x.tolist() for x in m._split(trainer.ctx, 4, 0)] == [[0, 1], [2, 3]]
         batch = trainer.source.batch(0)                                # batch 1: alternates by step
         _, logs0 = m.compute_loss(ctx, batch, 0)
         n0 = len(calls)
         _, logs1 = m.compute_loss(ctx, batch, 1)
         assert "loss_diffusion" in logs0 and "loss_preserve" not in logs0 and n0 == 2      # reference + response
         assert "loss_preserve" in logs1 and "loss_diffusion" not in logs1 and len(calls) - n0 == 2
-        m.o = saved.model_copy(update={"preserve_split": False, "use_enhanced": False, "preserve_uncond_frac": 0.0})
+        m.o = saved.model_copy(update={"preserve_split": False, "use_enhanced": False, "preserve_uncond_frac": 0.0,
+                                       "preserve_frac": 1.0})
         calls.clear()
         _, logs = m.compute_loss(ctx, batch, 0)
         assert {"loss_diffusion", "loss_preserve"} <= logs.keys() and len(calls) == 3  # + the base-text tuned pass
     finally:
         hook.remove()
+        m.o = saved
+
+
+def test_preserve_frac_runs_l_preserve_on_that_share_of_each_batch(trainer):
+    """The response path on every sample, L_preserve on the first preserve_frac·B (rounded stochastically): the
+    preserve pass sees exactly those samples, and a whole share leaves the run's random stream untouched."""
+    ctx, m = trainer.ctx, trainer.method
+    saved = m.o
+    sizes = []
+    real = m.preserve_loss
+    m.preserve_loss = lambda c, noisy, t, texts, eps_ref=None: sizes.append((len(texts), eps_ref.shape[0])) or real(
+        c, noisy, t, texts, eps_ref)
+    try:
+        m.o = saved.model_copy(update={"preserve_frac": 0.25, "use_enhanced": False})
+        state = ctx.generator.get_state()
+        assert m._split(ctx, 8, 0)[1].tolist() == [0, 1]
+        assert torch.equal(ctx.generator.get_state(), state)
+        m.o = saved.model_copy(update={"preserve_frac": 0.125, "use_enhanced": False})
+        counts = [m._split(ctx, 2, 0)[1].numel() for _ in range(400)]
+        assert set(counts) == {0, 1} and 0.17 < sum(counts) / 800 < 0.33  # 1/8 of the samples on average
+        m.o = saved.model_copy(update={"preserve_frac": 0.5, "use_enhanced": False})
+        ctx.generator.manual_seed(3)
+        batch = trainer.source.batch(0)  # batch 1: L_preserve on about half of the steps
+        parts = [len(list(m.loss_chunks(ctx, batch, 5))) for _ in range(8)]
+        assert set(parts) == {1, 2} and len(sizes) == parts.count(2) and set(sizes) == {(1, 1)}
+    finally:
+        m.preserve_loss = real
         m.o = saved
 
 

@@ -25,14 +25,19 @@ class AdapterHandle:
     pipe: Any
     info: dict
     adapter_name: str = "spf"
+    token_rows: list = field(default_factory=list)  # SPF's learned target-token rows (TokenRows), one per encoder
     _enabled: bool = field(default=True, init=False)
 
     def enable(self) -> None:
         self.pipe.enable_lora()
+        for r in self.token_rows:
+            r.write(True)
         self._enabled = True
 
     def disable(self) -> None:
         self.pipe.disable_lora()
+        for r in self.token_rows:
+            r.write(False)
         self._enabled = False
 
     @property
@@ -103,7 +108,12 @@ def load_adapter(pipe: Any, adapter_dir: str | Path) -> AdapterHandle:
         except (SafetensorError, ValueError, KeyError, RuntimeError, OSError, TypeError, IndexError) as e:
             raise SpfError(f"{weights}: does not load into this base model ({type(e).__name__}: "
                            f"{(str(e).splitlines() or ['?'])[0][:200]})") from None
-        handle = AdapterHandle(pipe=pipe, info=info)
+        rows = []
+        if info.get("target_tokens"):
+            from spf_lib.methods.spf.target_tokens import load_token_rows
+
+            rows = load_token_rows(pipe, Path(adapter_dir), info["target_tokens"])
+        handle = AdapterHandle(pipe=pipe, info=info, token_rows=rows)
         handle.enable()
         return handle
     fn = _resolve_loader(Path(adapter_dir) / ADAPTER_INFO, info["loader"])

@@ -57,10 +57,11 @@ class TrainContext:
         with torch.no_grad():
             return self.text_encoder(self.tokenize(texts))[0]
 
-    def condition(self, texts: list[str]):
-        """The denoiser's text conditioning for ``texts`` (a ``Conditioning``; frozen, no gradient). Methods that
-        use this and ``denoise`` run on every architecture the backbone knows; ``encode_text`` is SD 1.x only."""
-        return self.backbone.encode(list(texts), device=self.device, resolution=self.cfg.resolution)
+    def condition(self, texts: list[str], grad: bool = False):
+        """The denoiser's text conditioning for ``texts`` (a ``Conditioning``; frozen text encoders; ``grad``: keep
+        the graph, for rows of the embedding table a method trains). Methods that use this and ``denoise`` run on
+        every architecture the backbone knows; ``encode_text`` is SD 1.x only."""
+        return self.backbone.encode(list(texts), device=self.device, resolution=self.cfg.resolution, grad=grad)
 
     def denoise(self, noisy, t, cond):
         """The denoiser's prediction for (z_t, t, conditioning), with whatever it is currently switched to."""

@@ -75,10 +75,10 @@ class SdBackbone:
         return tok(texts, padding="max_length", max_length=tok.model_max_length, truncation=True,
                    return_tensors="pt").input_ids.to(device)
 
-    def encode(self, texts: list[str], *, device, resolution: int) -> Conditioning:
+    def encode(self, texts: list[str], *, device, resolution: int, grad: bool = False) -> Conditioning:
         import torch
 
-        with torch.no_grad():
+        with torch.set_grad_enabled(grad):
             return Conditioning(self.pipe.text_encoder(self.tokenize(texts, device))[0])
 
     def pooled_text(self, texts: list[str], *, device):
@@ -127,11 +127,11 @@ class SdxlBackbone(SdBackbone):
     kind = "sdxl"
     text_encoder_names = ("text_encoder", "text_encoder_2")
 
-    def encode(self, texts: list[str], *, device, resolution: int) -> Conditioning:
+    def encode(self, texts: list[str], *, device, resolution: int, grad: bool = False) -> Conditioning:
         import torch
 
         pipe = self.pipe
-        with torch.no_grad():
+        with torch.set_grad_enabled(grad):
             hidden, _, pooled, _ = pipe.encode_prompt(list(texts), device=device, num_images_per_prompt=1,
                                                       do_classifier_free_guidance=False)
         proj = pipe.text_encoder_2.config.projection_dim
@@ -158,11 +158,11 @@ class Sd3Backbone(SdBackbone):
     text_encoder_names = ("text_encoder", "text_encoder_2", "text_encoder_3")
     flow_matching = True
 
-    def encode(self, texts: list[str], *, device, resolution: int) -> Conditioning:
+    def encode(self, texts: list[str], *, device, resolution: int, grad: bool = False) -> Conditioning:
         import torch
 
         texts = list(texts)
-        with torch.no_grad():
+        with torch.set_grad_enabled(grad):
             hidden, _, pooled, _ = self.pipe.encode_prompt(texts, texts, texts, device=device,
                                                            num_images_per_prompt=1,
                                                            do_classifier_free_guidance=False)

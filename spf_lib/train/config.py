@@ -49,7 +49,7 @@ SPF_PRESETS: dict[str, dict[str, Any]] = {
     # the paper's loss set and two-stage schedule as we read it: stage 1 = plain fine-tuning for half the steps,
     # stage 2 = L_diff + L_text (base tokens and padding) + L_fine + L_enh (when a CLIP is configured), SFCM-gated
     "spf-paper": {"stage1_steps": None, "use_out": False, "use_preserve": False, "preserve_in_stage1": False,
-                  "text_include_special": True, "lr_scale": 1.0},
+                  "text_include_special": True, "lr_scale": 1.0, "target_tokens": False},
 }
 
 
@@ -103,6 +103,9 @@ class SpfOptions(_Strict):
     preserve_split: bool = Field(False, description="Cost: run the response path (dual path + gated losses) on the "
                                  "first half of each batch and L_preserve on the second half, instead of both on "
                                  "every sample (docs/method.md)")
+    preserve_frac: float = Field(0.125, gt=0, le=1, description="Cost: share of each batch that also runs "
+                                 "L_preserve (rounded stochastically; 1 = every sample, the default until issue 15's "
+                                 "fifth round: docs/method.md)")
     preserve_uncond_frac: float = Field(0.5, ge=0, le=1, description="Fraction of the L_preserve batch fed the "
                                         "empty prompt (classifier-free guidance's unconditional branch)")
     preserve_prior: int = Field(0, ge=0, le=4096, description="Our addition: L_preserve on this many images the "
@@ -110,6 +113,9 @@ class SpfOptions(_Strict):
                                 "fine-tuning images (0 = off; docs/method.md)")
     preserve_prior_steps: int = Field(20, ge=1, le=200, description="Sampler steps for those images")
     preserve_prior_guidance: float = Field(4.0, ge=0, description="Guidance scale for those images")
+    target_tokens: bool = Field(True, description="Our addition: learn the input-embedding rows of the target "
+                                "phrase's own tokens (in no base phrase) with the adapter; prompts without the target "
+                                "never read them (docs/method.md \"target tokens\")")
     use_sfcm: bool = Field(True, description="False = gate 1 everywhere (the paper's over-alignment ablation)")
     capture_layers: list[str] = Field(default_factory=lambda: ["*attn2"],
                                       description="fnmatch patterns over UNet attention module names to capture")

@@ -93,11 +93,18 @@ class LoraMethod:
     def compute_loss(self, ctx: TrainContext, batch: dict[str, Any], step: int):
         latents = ctx.encode_images(batch["pixel_values"])
         noisy, _noise, t, target = ctx.add_noise(latents)
-        pred = ctx.denoise(noisy, t, ctx.condition(batch["caption"]))
+        pred = ctx.denoise(noisy, t, self.condition(ctx, batch["caption"]))
         loss = diffusion_loss(pred, target)
         return loss, {"loss_diffusion": float(loss.detach())}
 
+    def condition(self, ctx: TrainContext, texts: list[str]):
+        """The conditioning of the texts the adapter is trained on (SPF: with its learned target-token rows)."""
+        return ctx.condition(texts)
+
     def state_dict(self) -> dict:
+        return self.lora_state_dict()
+
+    def lora_state_dict(self) -> dict:
         from peft.utils import get_peft_model_state_dict
 
         return {k: v.detach().float().cpu().contiguous()
@@ -120,7 +127,7 @@ class LoraMethod:
         return text
 
     def save_adapter(self, ctx: TrainContext, out_dir: Path) -> dict:
-        sd = ctx.backbone.lora_weights_for_save(self.state_dict())
+        sd = ctx.backbone.lora_weights_for_save(self.lora_state_dict())
         meta = self.unet.peft_config[ADAPTER_NAME].to_dict()
         name = ctx.backbone.denoiser_name  # the pipeline class's own writer: SD, SDXL and SD3 key prefixes differ
         type(ctx.pipe).save_lora_weights(

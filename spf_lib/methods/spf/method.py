@@ -16,6 +16,7 @@ from spf_lib.methods.lora.method import LoraMethod
 from spf_lib.methods.spf import losses as L
 
 log = logging.getLogger(__name__)
+TOKENS_PREFIX = "target_tokens."  # their keys in the training checkpoint, beside the LoRA's
 
 
 class SpfMethod(LoraMethod):
@@ -30,6 +31,7 @@ class SpfMethod(LoraMethod):
         self.embedder = None
         self._text_emb: dict[str, torch.Tensor] = {}
         self.prior: tuple[torch.Tensor, list[str]] | None = None  # (latents, base texts) the original model drew
+        self.tokens = None  # TargetTokens (spf.target_tokens)
         self.enh_direction = "image"  # resolved in setup ("auto" -> text when the embedder has a text tower)
 
     def setup(self, ctx: TrainContext) -> list:
@@ -53,7 +55,44 @@ class SpfMethod(LoraMethod):
             self.enh_direction = "text" if o.enh_direction == "text" or auto_text else "image"
         if o.use_preserve and o.preserve_prior:
             self.prior = self.sample_prior(ctx)
+        if o.target_tokens:
+            from spf_lib.methods.spf.target_tokens import TargetTokens
+
+            self.tokens = TargetTokens(ctx.pipe, ctx.backbone.text_encoder_names, ctx.extras.get("examples", []))
+            log.info("SPF: learning the target's own token rows %s", self.tokens.tokens)
+            params = [*params, *self.tokens.params()]
         return params
+
+    def condition(self, ctx: TrainContext, texts: list[str]):
+        """The conditioning through the learned target-token rows, with their graph. Checkpointed: the text
+        encoder's activations (~150 MB at SD 1.5, batch 2 — the step's peak is the UNet backward, when they would
+        still be alive) are recomputed in the backward instead of kept, for one more text-encoder forward."""
+        if self.tokens is None:
+            return ctx.condition(texts)
+        from torch.utils.checkpoint import checkpoint
+
+        def encode():
+            with self.tokens.active():
+                return ctx.condition(texts, grad=True)
+
+        return checkpoint(encode, use_reentrant=False)
+
+    def set_enabled(self, ctx: TrainContext, enabled: bool) -> None:
+        super().set_enabled(ctx, enabled)
+        if self.tokens is not None:
+            self.tokens.set_enabled(enabled)
+
+    def state_dict(self) -> dict:
+        sd = super().state_dict()
+        if self.tokens is not None:
+            sd.update({f"{TOKENS_PREFIX}{k}": v for k, v in self.tokens.state_dict().items()})
+        return sd
+
+    def load_state_dict(self, sd: dict) -> None:
+        mine = {k[len(TOKENS_PREFIX):]: v for k, v in sd.items() if k.startswith(TOKENS_PREFIX)}
+        super().load_state_dict({k: v for k, v in sd.items() if not k.startswith(TOKENS_PREFIX)})
+        if self.tokens is not None:
+            self.tokens.load_state_dict(mine, "checkpoint")
 
     def sample_prior(self, ctx: TrainContext) -> tuple[torch.Tensor, list[str]]:
         """The original model's own images for the set's base texts (cycled in manifest order), as latents.
@@ -89,7 +128,7 @@ class SpfMethod(LoraMethod):
     # -- the two paths ----------------------------------------------------------------------------------------
     def dual_forward(self, ctx: TrainContext, noisy, t, base_text: list[str], res_text: list[str]):
         """(ε_ref, ε_res); captured maps land in ``self.store.maps['ref' | 'res']``."""
-        cond = ctx.condition(list(base_text) + list(res_text))  # one text-encoder call for both paths
+        cond = self.condition(ctx, list(base_text) + list(res_text))  # one text-encoder call for both paths
         cond_ref, cond_res = cond[:len(base_text)], cond[len(base_text):]
         store = self.store
         if store is not None:
@@ -121,7 +160,7 @@ class SpfMethod(LoraMethod):
             return self.stage1_with_preserve(ctx, batch)
         latents = ctx.encode_images(batch["pixel_values"])
         noisy, _noise, t, target = ctx.add_noise(latents)
-        res_idx, pres_idx = self._split(len(t), step)
+        res_idx, pres_idx = self._split(ctx, len(t), step)
         logs: dict[str, float] = {"stage": 2.0}
         total = noisy.new_zeros((), dtype=torch.float32)
         eps_ref = None
@@ -130,10 +169,10 @@ class SpfMethod(LoraMethod):
                                                   target[res_idx], latents[res_idx], logs,
                                                   self.align_scale(step))
         if pres_idx is not None and pres_idx.numel():
-            # unsplit: the same samples, so the response step's reference ε (base text, same z_t) is reused
+            # unsplit: samples of the response step, so its reference ε (base text, same z_t) is reused
             l_pres = self.preserve_loss(ctx, noisy[pres_idx], t[pres_idx],
                                         [batch["base_text"][i] for i in pres_idx.tolist()],
-                                        eps_ref if res_idx is pres_idx else None)
+                                        None if o.preserve_split else eps_ref[pres_idx])
             total = total + o.w_preserve * l_pres
             logs["loss_preserve"] = float(l_pres.detach())
         return total, logs
@@ -149,19 +188,26 @@ class SpfMethod(LoraMethod):
             return
         latents = ctx.encode_images(batch["pixel_values"])
         noisy, _noise, t, target = ctx.add_noise(latents)
+        _, pres_idx = self._split(ctx, len(t), step)
         logs: dict[str, float] = {"stage": 2.0}
         total, eps_ref = self.response_losses(ctx, batch, noisy, t, target, latents, logs, self.align_scale(step))
         yield total, logs  # the loop's backward frees the response graph here (the captured maps stay readable)
-        l_pres = self.preserve_loss(ctx, noisy, t, list(batch["base_text"]), eps_ref)
+        if not pres_idx.numel():
+            return
+        l_pres = self.preserve_loss(ctx, noisy[pres_idx], t[pres_idx],
+                                    [batch["base_text"][i] for i in pres_idx.tolist()], eps_ref[pres_idx])
         yield o.w_preserve * l_pres, {"loss_preserve": float(l_pres.detach())}
 
-    def _split(self, b: int, step: int):
-        """(response indices, preserve indices). Default: both paths on every sample (the same tensor object, so the
-        preserve loss reuses the response step's reference ε). ``preserve_split``: the first half of the batch takes
-        the response path, the rest L_preserve; a batch of one alternates between them by step."""
+    def _split(self, ctx: TrainContext, b: int, step: int):
+        """(response indices, preserve indices). Default: the response path on every sample, L_preserve on the
+        first ``preserve_frac`` of them (a batch is shuffled; the count is rounded stochastically, so a batch of one
+        preserves that share of its steps), reusing the response step's reference ε. ``preserve_split``: the first
+        half of the batch takes the response path, the rest L_preserve; a batch of one alternates by step."""
         every = torch.arange(b)
-        if not (self.o.use_preserve and self.o.preserve_split):
-            return every, (every if self.o.use_preserve else None)
+        if not self.o.use_preserve:
+            return every, None
+        if not self.o.preserve_split:
+            return every, every[:_stochastic_round(self.o.preserve_frac * b, ctx.generator)]
         if b == 1:
             return (every, None) if step % 2 == 0 else (None, every)
         k = (b + 1) // 2
@@ -215,7 +261,7 @@ class SpfMethod(LoraMethod):
         o = self.o
         latents = ctx.encode_images(batch["pixel_values"])
         noisy, _noise, t, target = ctx.add_noise(latents)
-        pred = ctx.denoise(noisy, t, ctx.condition(batch["caption"]))
+        pred = ctx.denoise(noisy, t, self.condition(ctx, batch["caption"]))
         l_diff = diffusion_loss(pred, target)
         # with preserve_prior, L_preserve draws its own inputs: no reference pass on this batch
         eps_ref = None if self.prior is not None else self.reference_eps(ctx, noisy, t,
@@ -329,13 +375,9 @@ class SpfMethod(LoraMethod):
         return torch.nn.functional.mse_loss(eps_base.float(), eps_ref.float())
 
     def _uncond_count(self, ctx: TrainContext, b: int) -> int:
-        """frac·B rounded stochastically (from the run's generator, only when frac·B is not whole), so batch 1 —
-        the usual SD 1.5 setting with gradient accumulation — still preserves the empty prompt half the time."""
-        x = self.o.preserve_uncond_frac * b
-        k = int(x)
-        if x - k > 1e-9:
-            k += int(float(torch.rand((), generator=ctx.generator)) < x - k)
-        return k
+        """frac·B rounded stochastically, so batch 1 — the usual SD 1.5 setting with gradient accumulation — still
+        preserves the empty prompt half the time."""
+        return _stochastic_round(self.o.preserve_uncond_frac * b, ctx.generator)
 
     def enhanced(self, ctx: TrainContext, batch, noisy, t, latents, eps_res, eps_ref) -> torch.Tensor:
         """L_enh on the samples whose timestep passes ``enh_max_timestep`` only: the VAE decode (and its backward)
@@ -362,7 +404,18 @@ class SpfMethod(LoraMethod):
     def save_adapter(self, ctx: TrainContext, out_dir):
         info = super().save_adapter(ctx, out_dir)
         info.update(method=self.name, spf=self.o.model_dump(mode="json"))
+        if self.tokens is not None:
+            info["target_tokens"] = self.tokens.save(out_dir)
         return info
+
+
+def _stochastic_round(x: float, generator) -> int:
+    """floor(x), plus one with probability frac(x) (drawn from the run's generator only when x is not whole, so
+    whole shares leave the run's random stream as it was)."""
+    k = int(x)
+    if x - k > 1e-9:
+        k += int(float(torch.rand((), generator=generator)) < x - k)
+    return k
 
 
 def _take(batch: dict[str, Any], idx: torch.Tensor) -> dict[str, Any]:
