@@ -11,7 +11,8 @@ bf16 when mixed_precision=bf16.
 Options: model=tiny|sd15|sdxl|sd3 (config= is the same option), width_divisor=N (sdxl, sd3: every width / N, depths
 kept), steps=N (timed), warmup=N, batch=N, resolution=N, mixed_precision=no|bf16,
 capture=PATTERN[,PATTERN], checkpointing=0|1, interleave=0|1,
-variants=lora,spf-no-enh,spf-default-no-enh,spf-run7-no-enh,spf-split-no-enh,spf (spf, with the world's CLIP: tiny only).
+variants=lora,spf-no-enh,spf-default-no-enh,spf-run7-no-enh,spf-split-no-enh,spf (spf, with the world's CLIP:
+tiny only).
 Goals (issues 4, 15): SPF stage-2 step ≤ 1.4× LoRA step time, step memory ≤ 1.15× LoRA.
 """
 
@@ -267,7 +268,8 @@ def run(options: dict[str, str]) -> dict:
             ("spf-no-enh = the paper's dual path (L_text, L_fine, SFCM); spf-default-no-enh adds our L_out, the "
              "target-token rows and L_preserve (base + empty prompt: one more forward/backward, half a no-grad "
              "forward) on spf.preserve_frac of each batch = the default preset when no CLIP is configured; "
-             "spf-run7-no-enh = Run 7's default (no token rows, L_preserve on every sample); spf-split-no-enh splits each batch between the response path and "
+             "spf-run7-no-enh = Run 7's default (no token rows, L_preserve on every sample); spf-split-no-enh "
+             "splits each batch between the response path and "
              "L_preserve (spf.preserve_split); spf = the default preset with the world's CLIP (L_enhanced decodes "
              "x̂0 through the VAE)"),
         ],

@@ -20,7 +20,8 @@ def arch_trainer(pipe, tmp: Path, method: str, **kw):
               "output_dir": str(tmp / f"out-{method}"), "steps": 1, "seed": 0, "lr": 1e-3, "resolution": RESOLUTION,
               "batch_size": 1, "device": "cpu", "validation": {"enabled": False}}
     values.update(kw)
-    values["spf"] = {"stage1_steps": 0, **kw.get("spf", {})}
+    # L_preserve on every sample: the step exercises every loss on the real architecture
+    values["spf"] = {"stage1_steps": 0, "preserve_frac": 1.0, **kw.get("spf", {})}
     cfg = TrainConfig.build("test", **values)
     return Trainer(cfg, pipe=pipe)
 
@@ -64,3 +65,15 @@ def spf_step_with_maps(tr):
     finally:
         del store.drop
     return logs, seen[-1]["ref"], seen[-1]["res"]
+
+
+def token_rows_moved(tr) -> set[str]:
+    """Text encoders whose learned target-token rows left the base model's rows (the frozen table is untouched)."""
+    import torch
+
+    moved = set()
+    for name, ids, vec, _ in tr.method.tokens.encoders:
+        table = getattr(tr.ctx.pipe, name).get_input_embeddings().weight
+        if not torch.equal(vec.detach().to(table.dtype), table[ids]):
+            moved.add(name)
+    return moved

@@ -7,7 +7,7 @@ attention still sees 77 CLIP + 256 T5 text tokens); the tiny SD3 in tests/test_s
 from __future__ import annotations
 
 import pytest
-from _arch_helpers import RESOLUTION, arch_trainer, frozen_checksum, reset, spf_step_with_maps
+from _arch_helpers import RESOLUTION, arch_trainer, frozen_checksum, reset, spf_step_with_maps, token_rows_moved
 
 pytestmark = pytest.mark.arch
 
@@ -73,6 +73,7 @@ def test_sd35_medium_lora_and_spf_steps_at_full_depth(fresh, tmp_path):
     logs, ref, res_maps = spf_step_with_maps(tr)
     for k in ("loss_diffusion", "loss_text", "loss_fine", "loss_preserve"):
         assert torch.isfinite(torch.tensor(logs[k])), k
+    assert token_rows_moved(tr) == {"text_encoder", "text_encoder_2"}  # the target-token rows of both CLIPs trained
     assert all(p.dtype == torch.float32 for p in tr.params)
     joint = [f"transformer_blocks.{i}.attn" for i in range(24)]
     assert sorted(ref) == sorted(res_maps) == sorted(joint)  # every joint block, none of the image-only attn2

@@ -6,7 +6,7 @@ text_time conditioning): one LoRA step and one SPF step at 128 px."""
 from __future__ import annotations
 
 import pytest
-from _arch_helpers import RESOLUTION, arch_trainer, frozen_checksum, reset, spf_step_with_maps
+from _arch_helpers import RESOLUTION, arch_trainer, frozen_checksum, reset, spf_step_with_maps, token_rows_moved
 
 pytestmark = pytest.mark.arch
 
@@ -69,6 +69,7 @@ def test_sdxl_lora_and_spf_steps_at_full_depth(fresh, tmp_path):
     logs, ref, res = spf_step_with_maps(tr)
     for k in ("loss_diffusion", "loss_text", "loss_fine", "loss_preserve"):
         assert torch.isfinite(torch.tensor(logs[k])), k
+    assert token_rows_moved(tr) == {"text_encoder", "text_encoder_2"}  # the target-token rows of both CLIPs trained
     expected = cross_attention_layers(dict(fresh.unet.config))
     assert len(expected) == 70 and sorted(ref) == sorted(res) == sorted(expected)
     heads = {f"down_blocks.{i}": h for i, h in enumerate((5, 10, 20))}

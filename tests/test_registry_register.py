@@ -165,6 +165,32 @@ def test_identity_adapter_is_logged_as_code_pyfunc(embedded, tiny_base, tmp_path
     assert lineage(rv.model_uri)["lineage"]["method"] == "celeb-basis"
 
 
+def test_spf_adapter_with_target_token_rows_is_served_with_them(embedded, tiny_base, tmp_path):
+    """MLflow's diffusers pyfunc would load only the LoRA: an SPF adapter carrying target-token rows is logged as our
+    pyfunc, and the served pipeline's embedding table holds the rows."""
+    import torch
+    from PIL import Image
+    from safetensors.torch import save_file
+
+    adapter = make_lora_adapter(tiny_base, tmp_path / "spf")
+    info = json.loads((adapter / "adapter_info.json").read_text())
+    dim = json.loads((Path(tiny_base) / "text_encoder" / "config.json").read_text())["hidden_size"]
+    ids, rows = [5, 7], torch.full((2, dim), 0.5)
+    rows[1] = -0.25
+    save_file({"text_encoder.ids": torch.tensor(ids), "text_encoder.vectors": rows},
+              str(adapter / "target_tokens.safetensors"))
+    info.update(method="spf", target_tokens={"file": "target_tokens.safetensors", "tokens": {"text_encoder": ["x"]}})
+    (adapter / "adapter_info.json").write_text(json.dumps(info))
+    rv = register_model(adapter, str(tiny_base), metrics={}, lineage={"kfp_run_id": "tok-1"}, model_name="tok")
+    model = load_model("models:/tok@challenger")
+    assert "diffusers" not in model.metadata.flavors and "python_function" in model.metadata.flavors
+    table = model.unwrap_python_model().pipe.text_encoder.get_input_embeddings().weight
+    assert torch.equal(table[ids], rows.to(table.dtype))
+    out = model.predict({"prompt": [PROMPT]}, params={"num_inference_steps": 2, "seed": 3})
+    assert Image.open(io.BytesIO(out[0])).size == (64, 64)
+    assert lineage(rv.model_uri)["lineage"]["method"] == "spf"
+
+
 def test_unreachable_server_ends_in_one_clear_error(lora_adapter, tiny_base, monkeypatch):
     port = free_port()
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{port}")

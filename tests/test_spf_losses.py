@@ -486,7 +486,7 @@ def test_preserve_frac_runs_l_preserve_on_that_share_of_each_batch(trainer):
         assert torch.equal(ctx.generator.get_state(), state)
         m.o = saved.model_copy(update={"preserve_frac": 0.125, "use_enhanced": False})
         counts = [m._split(ctx, 2, 0)[1].numel() for _ in range(400)]
-        assert set(counts) == {0, 1} and 0.17 < sum(counts) / 800 < 0.33  # 1/8 of the samples on average
+        assert set(counts) == {0, 1} and 0.09 < sum(counts) / 800 < 0.16  # 1/8 of the samples on average
         m.o = saved.model_copy(update={"preserve_frac": 0.5, "use_enhanced": False})
         ctx.generator.manual_seed(3)
         batch = trainer.source.batch(0)  # batch 1: L_preserve on about half of the steps
@@ -505,7 +505,7 @@ def test_align_warmup_ramps_only_the_gated_alignment_losses(trainer):
     batch = trainer.source.batch(0)
 
     def parts(update, step):
-        m.o = saved.model_copy(update={"use_enhanced": False, **update})
+        m.o = saved.model_copy(update={"use_enhanced": False, "preserve_frac": 1.0, **update})
         torch.manual_seed(7)
         with perturbed_lora(ctx.unet):  # a trained adapter: every alignment loss is > 0
             loss, logs = m.compute_loss(ctx, batch, step)
@@ -549,7 +549,7 @@ def test_loss_chunks_give_compute_losss_value_and_gradients(trainer):
         return value, logs, [p.grad.clone() for p in params], n
 
     try:
-        m.o = saved.model_copy(update={"use_enhanced": False})
+        m.o = saved.model_copy(update={"use_enhanced": False, "preserve_frac": 1.0})
         torch.manual_seed(3)
         with perturbed_lora(ctx.unet):
             v1, logs1, g1, _ = run(False)
@@ -558,6 +558,13 @@ def test_loss_chunks_give_compute_losss_value_and_gradients(trainer):
         assert v2 == pytest.approx(v1, rel=1e-5)
         assert logs2["loss_preserve"] == pytest.approx(logs1["loss_preserve"], rel=1e-5)
         assert all(torch.allclose(a, b, rtol=1e-4, atol=1e-7) for a, b in zip(g1, g2))
+        # a stochastic share draws at the same point in both: the same samples preserved, the same sum
+        m.o = saved.model_copy(update={"use_enhanced": False, "preserve_frac": 0.5})
+        with perturbed_lora(ctx.unet):
+            v1, logs1, g1, _ = run(False)
+            v2, logs2, g2, n = run(True)
+        assert n == 1 + ("loss_preserve" in logs1) and ("loss_preserve" in logs1) == ("loss_preserve" in logs2)
+        assert v2 == pytest.approx(v1, rel=1e-5)
         assert any(float(a.abs().sum()) > 0 for a in g1)
         m.o = saved.model_copy(update={"use_enhanced": False, "preserve_split": True})
         assert len(list(m.loss_chunks(ctx, batch, 0))) == 1  # split: one part, as before

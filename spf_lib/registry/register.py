@@ -1,8 +1,9 @@
 """Register a trained adapter as a new MLflow model version with full lineage; new versions become `challenger`.
 
 LoRA-format adapters use MLflow's own ``mlflow.diffusers`` flavor (adapter safetensors + base-model reference; its
-pyfunc loads base + adapter and returns PNG bytes). Identity methods whose adapters need our loader are logged as a
-models-from-code pyfunc (no pickle) that calls ``spf_lib.methods.load_adapter`` on the base pipeline.
+pyfunc loads base + adapter and returns PNG bytes). Adapters that need our loader — the identity methods', and SPF's
+with its learned target-token rows, which that pyfunc would not load — are logged as a models-from-code pyfunc (no
+pickle) that calls ``spf_lib.methods.load_adapter`` on the base pipeline.
 
 The operation is idempotent on a content key that every call has, with or without a ``kfp_run_id``: the hash of
 the adapter's files, the metrics, the lineage and the model name (or an explicit ``idempotency_key``). It is stored
@@ -321,7 +322,8 @@ def _log_run_data(client, run_id: str, tags: dict[str, str], metrics: Metrics, i
 def _log_adapter_model(adapter_dir: Path, info: dict, base_ref: str, run_id: str, name: str = MODEL_ARTIFACT) -> str:
     from spf_lib.registry import flavors
 
-    if info.get("format") == "lora":
+    # mlflow.diffusers' pyfunc loads only the LoRA: SPF's target-token rows need our loader (docs/method.md)
+    if info.get("format") == "lora" and not info.get("target_tokens"):
         return flavors.log_lora(adapter_dir, base_ref, run_id, name)
     return flavors.log_identity(adapter_dir, base_ref, run_id, name)
 
