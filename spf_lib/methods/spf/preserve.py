@@ -1,0 +1,104 @@
+"""L_preserve, ours (docs/method.md): the tuned model fed a text WITHOUT the target must predict what the original
+does — on the fine-tuning images' noised latents, or on the original model's own samples (``preserve_prior``).
+
+A mixin of ``SpfMethod`` (it reads ``self.o``, ``self.store``, ``self.switch``, ``self.prior`` and
+``reference_eps``); the schedule that decides which samples it sees stays with the method (``_split``).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from spf_lib.methods.base import TrainContext
+
+log = logging.getLogger(__name__)
+
+
+class PreserveLosses:
+    def sample_prior(self, ctx: TrainContext) -> tuple[torch.Tensor, list[str]]:
+        """The original model's own images for the set's base texts (cycled in manifest order), as latents.
+
+        L_preserve on noised fine-tuning images only checks the adapter where those images live (here: red
+        background, smiling, glasses); base prompts at inference run through latents of the base world, where
+        nothing held the adapter still. DreamBooth's prior-preservation images, used as distillation inputs.
+        Deterministic in the run seed, so a resumed run regenerates the same set.
+        """
+        o = self.o
+        texts_all = [e.base_text for e in ctx.extras.get("examples", [])]
+        if not texts_all:
+            from spf_lib.errors import SpfError
+
+            raise SpfError("spf.preserve_prior > 0 needs the training examples (ctx.extras['examples'])")
+        texts = [texts_all[i % len(texts_all)] for i in range(o.preserve_prior)]
+        pipe = ctx.pipe
+        gen = torch.Generator(device="cpu").manual_seed(ctx.cfg.seed + 7919)
+        chunk = max(1, ctx.cfg.batch_size)
+        side = ctx.cfg.resolution // pipe.vae_scale_factor
+        out = []
+        with torch.no_grad(), self.switch.off():
+            for i in range(0, len(texts), chunk):
+                part = texts[i:i + chunk]
+                shape = (len(part), ctx.unet.config.in_channels, side, side)
+                lat = torch.randn(shape, generator=gen).to(ctx.device, ctx.weight_dtype)
+                out.append(pipe(part, latents=lat, num_inference_steps=o.preserve_prior_steps,
+                                guidance_scale=o.preserve_prior_guidance, output_type="latent").images.float())
+        log.info("L_preserve: %d original-model samples (%d steps, guidance %.1f)", len(texts),
+                 o.preserve_prior_steps, o.preserve_prior_guidance)
+        return torch.cat(out), texts
+
+    def preserve_loss(self, ctx: TrainContext, noisy, t, base_text: list[str], eps_ref=None) -> torch.Tensor:
+        """Our addition (docs/method.md): the tuned model fed the BASE text must predict what the original does.
+
+        Semantic pollution is measured on prompts WITHOUT the target; the paper's losses only constrain the
+        response path (base + target text), so nothing stops the adapter from changing base prompts. Ungated: with
+        no target in the text there is no region the adapter may legitimately change. ``eps_ref``: the original's ε
+        on (``noisy``, ``base_text``); unused with ``preserve_prior``, which draws its own inputs.
+        """
+        store = self.store
+        if store is not None:
+            store.mode = None  # keep the captured response maps of this step intact
+        if self.prior is not None:
+            return self.preserve_prior_loss(ctx, len(base_text))
+        texts = list(base_text)
+        k = self._uncond_count(ctx, len(texts))
+        if k:
+            # classifier-free guidance also runs the empty prompt: an adapter that moves it moves every base prompt
+            texts[-k:] = [""] * k
+        cond = ctx.condition(texts)
+        if eps_ref is None:  # no response step on these samples (preserve_split): one reference pass for all
+            eps_ref = self.reference_eps(ctx, noisy, t, cond)
+        elif k:
+            eps_u = self.reference_eps(ctx, noisy[-k:], t[-k:], cond[-k:])
+            eps_ref = torch.cat([eps_ref[:len(texts) - k], eps_u])
+        eps_base = ctx.denoise(noisy, t, cond)
+        return torch.nn.functional.mse_loss(eps_base.float(), eps_ref.detach().float())
+
+    def preserve_prior_loss(self, ctx: TrainContext, b: int) -> torch.Tensor:
+        """L_preserve on B of the original model's samples (drawn with the run's generator), noised afresh."""
+        lat_all, texts_all = self.prior
+        idx = torch.randint(0, lat_all.shape[0], (b,), generator=ctx.generator).tolist()
+        texts = [texts_all[i] for i in idx]
+        k = self._uncond_count(ctx, b)
+        if k:
+            texts[-k:] = [""] * k
+        noisy, _noise, t, _target = ctx.add_noise(lat_all[idx].to(ctx.weight_dtype))
+        cond = ctx.condition(texts)
+        eps_ref = self.reference_eps(ctx, noisy, t, cond)
+        eps_base = ctx.denoise(noisy, t, cond)
+        return torch.nn.functional.mse_loss(eps_base.float(), eps_ref.float())
+
+    def _uncond_count(self, ctx: TrainContext, b: int) -> int:
+        """frac·B rounded stochastically, so batch 1 — the usual SD 1.5 setting with gradient accumulation — still
+        preserves the empty prompt half the time."""
+        return _stochastic_round(self.o.preserve_uncond_frac * b, ctx.generator)
+
+
+def _stochastic_round(x: float, generator) -> int:
+    """floor(x), plus one with probability frac(x) (drawn from the run's generator only when x is not whole, so
+    whole shares leave the run's random stream as it was)."""
+    k = int(x)
+    if x - k > 1e-9:
+        k += int(float(torch.rand((), generator=generator)) < x - k)
+    return k
