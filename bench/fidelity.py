@@ -50,6 +50,10 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "spf lr×1": ("spf", {"lr_scale": 1.0}),  # the default until issue 15's second round: LoRA's lr
     "spf w/o target tokens": ("spf", {"target_tokens": False}),
     "spf L_preserve on every sample": ("spf", {"preserve_frac": 1.0}),
+    "spf L_preserve 1/4": ("spf", {"preserve_frac": 0.25}),
+    "spf L_preserve 1/2": ("spf", {"preserve_frac": 0.5}),
+    # the default's share, all of it on the empty prompt (classifier-free guidance's unconditional branch)
+    "spf L_preserve uncond": ("spf", {"preserve_uncond_frac": 1.0}),
     # Run 7's default (issue 15, third session): no target tokens, L_preserve on every sample
     "spf run 7": ("spf", {"target_tokens": False, "preserve_frac": 1.0}),
     # a control: the target-token rows with LoRA's loss alone (every SPF loss and the SFCM off, LoRA's lr)
@@ -59,6 +63,8 @@ VARIANTS: dict[str, tuple[str, dict]] = {
 }
 DEFAULT_VARIANTS = ["naive", "lora", "spf", "spf w/o target tokens", "spf w/o SFCM", "spf-paper"]
 DEFAULT_CONFIGS = "background=red+expression=smiling:7:123;background=blue+expression=neutral:11:321"
+# how L_preserve's share is drawn (issue 15, sixth round: spread evenly over the run, was stochastic rounding)
+SHARES = "even"
 # the two SFCM settings whose overlap with the rendered glasses is reported
 SFCM_SETTINGS = {"robust (now)": {"sfcm_norm": "robust"},
                  "quantile+max (issue 9)": {"sfcm_norm": "quantile", "sfcm_gate_pool": "max"}}
@@ -220,7 +226,11 @@ def variant_config(name: str) -> dict:
         return {"method": method}
     from spf_lib.train.config import SpfOptions
 
-    return {"method": method, "spf": SpfOptions(**{"image_embedder": "world-clip", **over}).model_dump(mode="json")}
+    o = SpfOptions(**{"image_embedder": "world-clip", **over})
+    out = {"method": method, "spf": o.model_dump(mode="json")}
+    if o.use_preserve:
+        out["shares"] = SHARES  # behaviour no option names: a run of the older schedule is not reused
+    return out
 
 
 def _run_key(o: dict) -> dict:

@@ -9,7 +9,8 @@ CPU) uses the project's tiny SD; ``sd15`` (default on CUDA), ``sdxl`` and ``sd3`
 bf16 when mixed_precision=bf16.
 
 Options: model=tiny|sd15|sdxl|sd3 (config= is the same option), width_divisor=N (sdxl, sd3: every width / N, depths
-kept), steps=N (timed), warmup=N, batch=N, resolution=N, mixed_precision=no|bf16,
+kept), steps=N (timed; rounded up to whole periods of every variant's L_preserve schedule),
+warmup=N, batch=N, resolution=N, mixed_precision=no|bf16,
 capture=PATTERN[,PATTERN], checkpointing=0|1, interleave=0|1,
 variants=lora,spf-no-enh,spf-default-no-enh,spf-run7-no-enh,spf-split-no-enh,spf (spf, with the world's CLIP:
 tiny only).
@@ -143,7 +144,8 @@ def _child_memory(variant: str, opts: dict, out_json: str) -> None:
         stop.set()
         th.join()
     alloc = None if cuda else _allocated_step_peak_mb(tr, Path(out_json).with_suffix(".timeline.json"))
-    res = {"variant": variant, "alone_median_s": sorted(times)[len(times) // 2], "step_peak_alloc_mb": alloc,
+    res = {"variant": variant, "alone_median_s": sorted(times)[len(times) // 2],
+           "alone_mean_s": sum(times) / len(times), "alone_times_s": times, "step_peak_alloc_mb": alloc,
            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "rss_growth_mb": rss_mb() - rss0,
            "step_peak_mb": peak[0] - rss0, "baseline_rss_mb": rss0,
            "device": torch.cuda.get_device_name() if cuda else "cpu"}
@@ -181,8 +183,28 @@ def _child_interleaved(variants: list[str], opts: dict, out_json: str) -> None:
     for _ in range(opts["steps"]):
         for v, tr in trainers.items():
             times[v].append(_timed_step(tr))
-    Path(out_json).write_text(json.dumps({v: {"median_s": sorted(t)[len(t) // 2], "min_s": min(t), "times_s": t}
-                                          for v, t in times.items()}))
+    Path(out_json).write_text(json.dumps({v: {"median_s": sorted(t)[len(t) // 2], "mean_s": sum(t) / len(t),
+                                              "min_s": min(t), "times_s": t} for v, t in times.items()}))
+
+
+def share_period(variant: str, batch: int) -> int:
+    """Steps after which a variant's L_preserve schedule repeats (spf.preserve_frac of the samples, the empty
+    prompt on preserve_uncond_frac of those, both spread evenly over the run): a step's cost varies within the
+    period, so only a mean over whole periods is the variant's step time (a median would pick the cheap steps)."""
+    from fractions import Fraction
+    from math import lcm
+
+    from spf_lib.train.config import SpfOptions
+
+    v = VARIANTS[variant]
+    if v["method"] != "spf":
+        return 1
+    o = SpfOptions(**{"image_embedder": "x" if v.get("clip") else None, **v.get("spf", {})})
+    if not o.use_preserve or o.preserve_split:
+        return 1 if not o.preserve_split or batch > 1 else 2
+    per_step = Fraction(o.preserve_frac).limit_denominator(1024) * batch
+    uncond = per_step * Fraction(o.preserve_uncond_frac).limit_denominator(1024)
+    return lcm(per_step.denominator, uncond.denominator)
 
 
 def run(options: dict[str, str]) -> dict:
@@ -215,6 +237,10 @@ def run(options: dict[str, str]) -> dict:
     bad = [v for v in variants if v not in VARIANTS]
     if bad:
         raise SpfError(f"bench option variants: unknown {bad}; expected {', '.join(VARIANTS)}")
+    from math import ceil, lcm
+
+    period = lcm(*(share_period(v, opts["batch"]) for v in variants))
+    opts["steps"] = ceil(opts["steps"] / period) * period  # whole periods of every variant's schedule
     with tempfile.TemporaryDirectory(prefix="spf-bench-") as tmp:
         opts["tmp"] = tmp
         if config == "tiny":
@@ -235,8 +261,9 @@ def run(options: dict[str, str]) -> dict:
         results = {v: child("memory", v) for v in variants}
         timing = child("interleaved", ",".join(variants)) if opt(options, "interleave", True, bool) else None
         for v in variants:
-            t = timing[v] if timing else {"median_s": results[v]["alone_median_s"], "min_s": None}
-            results[v].update(median_s=t["median_s"], min_s=t["min_s"] or t["median_s"])
+            t = timing[v] if timing else {"median_s": results[v]["alone_median_s"],
+                                          "mean_s": results[v]["alone_mean_s"], "min_s": None}
+            results[v].update(median_s=t["median_s"], mean_s=t["mean_s"], min_s=t["min_s"] or t["median_s"])
     first = next(iter(results.values()))
     mem_key = ("peak_cuda_mb" if "peak_cuda_mb" in first
                else "step_peak_alloc_mb" if all(r.get("step_peak_alloc_mb") for r in results.values())
@@ -244,9 +271,9 @@ def run(options: dict[str, str]) -> dict:
     base = results.get("lora")
     rows, figures = [], {}
     for v, r in results.items():
-        t_ratio = r["median_s"] / base["median_s"] if base else None
+        t_ratio = r["mean_s"] / base["mean_s"] if base else None
         m_ratio = r[mem_key] / base[mem_key] if base else None
-        rows.append([v, r["median_s"] * 1000, r["min_s"] * 1000, r[mem_key], r["peak_rss_mb"],
+        rows.append([v, r["mean_s"] * 1000, r["median_s"] * 1000, r["min_s"] * 1000, r[mem_key], r["peak_rss_mb"],
                      t_ratio if t_ratio is not None else "-", m_ratio if m_ratio is not None else "-"])
         figures[v] = {**r, "time_ratio_vs_lora": t_ratio, "mem_ratio_vs_lora": m_ratio}
     dev = next(iter(results.values()))["device"]
@@ -254,7 +281,8 @@ def run(options: dict[str, str]) -> dict:
     return {
         "title": (f"train step: LoRA vs SPF stage 2 ({config}{shrunk}, {opts['resolution']} px, "
                   f"{opts['mixed_precision']}, {dev})"),
-        "columns": ["variant", "median ms", "min ms", mem_key, "process peak RSS MB", "time × LoRA", "mem × LoRA"],
+        "columns": ["variant", "mean ms", "median ms", "min ms", mem_key, "process peak RSS MB", "time × LoRA",
+                    "mem × LoRA"],
         "rows": rows,
         "figures": {"config": {k: v for k, v in opts.items() if k != "tmp"}, "device": dev, "variants": figures},
         "notes": [
@@ -263,8 +291,10 @@ def run(options: dict[str, str]) -> dict:
             (f"memory column = {mem_key}, each variant alone in its own process (CPU: step_peak_alloc_mb = the peak "
              "of torch's allocations during one profiled step above its start, exact; step_peak_mb = peak RSS "
              "sampled during the timed steps minus the resident weights + optimizer state before them, kept in the "
-             "JSON); times = medians of steps interleaved round-robin in one process; on CPU they "
-             "are process CPU seconds with 1 torch thread"),
+             "JSON); times = steps interleaved round-robin in one process (interleave=0: each variant's own "
+             "process); time × LoRA = ratio of MEANS over "
+             f"{opts['steps']} timed steps = whole periods ({period}) of every variant's L_preserve schedule; on CPU "
+             "they are process CPU seconds with 1 torch thread"),
             ("spf-no-enh = the paper's dual path (L_text, L_fine, SFCM); spf-default-no-enh adds our L_out, the "
              "target-token rows and L_preserve (base + empty prompt: one more forward/backward, half a no-grad "
              "forward) on spf.preserve_frac of each batch = the default preset when no CLIP is configured; "

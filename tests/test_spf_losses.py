@@ -244,13 +244,24 @@ def test_preserve_loss_covers_the_unconditional_branch(trainer):
             m.o = saved
 
 
-def test_uncond_share_is_exact_when_whole_and_stochastic_at_batch_one(trainer):
+def test_shares_are_spread_evenly_over_the_run_without_random_draws(trainer):
+    """A share of a run (the empty prompt's among preserved samples, L_preserve's among all) is the rounded running
+    total, differenced: exact over a whole period, within one item over any stretch, and no draw from the run's
+    random stream — a step's cost does not depend on chance."""
+    from spf_lib.methods.spf.preserve import share
+
     m, ctx = trainer.method, trainer.ctx
     state = ctx.generator.get_state()
-    assert m._uncond_count(ctx, 8) == 4 and torch.equal(ctx.generator.get_state(), state)  # no RNG draw
-    draws = [m._uncond_count(ctx, 1) for _ in range(200)]
-    assert set(draws) == {0, 1} and 60 < sum(draws) < 140
-    ctx.generator.set_state(state)
+    assert m._uncond_count(8, 0) == 4 and m._uncond_count(8, 3) == 4
+    ones = [m._uncond_count(1, i) for i in range(10)]
+    assert ones == [1, 0] * 5  # batch 1: the empty prompt on every other preserved sample
+    per_batch = [share(0.125, n * 2, 2) for n in range(16)]  # 1/8 of batches of 2: one sample every 4th batch
+    assert per_batch == [0, 1, 0, 0] * 4
+    for rate in (0.1, 0.3, 0.125, 2 / 3):
+        counts = [share(rate, n * 3, 3) for n in range(40)]
+        running = [sum(counts[:k]) for k in range(41)]
+        assert all(abs(r - rate * 3 * k) <= 1 for k, r in enumerate(running)), rate
+    assert torch.equal(ctx.generator.get_state(), state)
 
 
 def test_stage1_trains_the_caption_and_preserves_the_base_text(trainer):
@@ -453,11 +464,11 @@ def test_preserve_split_runs_each_sample_through_one_path(trainer):
     hook = ctx.unet.register_forward_pre_hook(lambda mod, args: calls.append(args[0].shape[0]))
     try:
         m.o = saved.model_copy(update={"preserve_split": True, "use_enhanced": False})
-        assert [x.tolist() for x in m._split(trainer.ctx, 4, 0)] == [[0, 1], [2, 3]]
+        assert [x.tolist() for x in m._split(4, 0)] == [[0, 1], [2, 3]]
         batch = trainer.source.batch(0)                                # batch 1: alternates by step
         _, logs0 = m.compute_loss(ctx, batch, 0)
         n0 = len(calls)
-        _, logs1 = m.compute_loss(ctx, batch, 1)
+        _, logs1 = m.compute_loss(ctx, trainer.source.batch(1), 1)
         assert "loss_diffusion" in logs0 and "loss_preserve" not in logs0 and n0 == 2      # reference + response
         assert "loss_preserve" in logs1 and "loss_diffusion" not in logs1 and len(calls) - n0 == 2
         m.o = saved.model_copy(update={"preserve_split": False, "use_enhanced": False, "preserve_uncond_frac": 0.0,
@@ -471,27 +482,24 @@ def test_preserve_split_runs_each_sample_through_one_path(trainer):
 
 
 def test_preserve_frac_runs_l_preserve_on_that_share_of_each_batch(trainer):
-    """The response path on every sample, L_preserve on the first preserve_frac·B (rounded stochastically): the
-    preserve pass sees exactly those samples, and a whole share leaves the run's random stream untouched."""
+    """The response path on every sample, L_preserve on the first preserve_frac·B of a batch, spread over the run's
+    batches: the preserve pass sees exactly those samples, reusing the response step's reference ε."""
     ctx, m = trainer.ctx, trainer.method
     saved = m.o
     sizes = []
     real = m.preserve_loss
-    m.preserve_loss = lambda c, noisy, t, texts, eps_ref=None: sizes.append((len(texts), eps_ref.shape[0])) or real(
-        c, noisy, t, texts, eps_ref)
+    m.preserve_loss = lambda c, noisy, t, texts, eps_ref=None, first=0: sizes.append(
+        (len(texts), eps_ref.shape[0], first)) or real(c, noisy, t, texts, eps_ref, first)
     try:
         m.o = saved.model_copy(update={"preserve_frac": 0.25, "use_enhanced": False})
-        state = ctx.generator.get_state()
-        assert m._split(ctx, 8, 0)[1].tolist() == [0, 1]
-        assert torch.equal(ctx.generator.get_state(), state)
+        assert [m._split(8, n)[1].tolist() for n in range(2)] == [[0, 1], [0, 1]]
         m.o = saved.model_copy(update={"preserve_frac": 0.125, "use_enhanced": False})
-        counts = [m._split(ctx, 2, 0)[1].numel() for _ in range(400)]
-        assert set(counts) == {0, 1} and 0.09 < sum(counts) / 800 < 0.16  # 1/8 of the samples on average
+        counts = [m._split(2, n)[1].numel() for n in range(400)]
+        assert set(counts) == {0, 1} and sum(counts) == 100  # 1/8 of the samples, exactly
         m.o = saved.model_copy(update={"preserve_frac": 0.5, "use_enhanced": False})
-        ctx.generator.manual_seed(3)
-        batch = trainer.source.batch(0)  # batch 1: L_preserve on about half of the steps
-        parts = [len(list(m.loss_chunks(ctx, batch, 5))) for _ in range(8)]
-        assert set(parts) == {1, 2} and len(sizes) == parts.count(2) and set(sizes) == {(1, 1)}
+        batch = trainer.source.batch(0)  # batch 1: L_preserve on every other step
+        parts = [len(list(m.loss_chunks(ctx, {**batch, "micro_batch": n}, 5))) for n in range(8)]
+        assert parts == [2, 1] * 4 and sizes == [(1, 1, i) for i in range(4)]
     finally:
         m.preserve_loss = real
         m.o = saved
@@ -558,7 +566,7 @@ def test_loss_chunks_give_compute_losss_value_and_gradients(trainer):
         assert v2 == pytest.approx(v1, rel=1e-5)
         assert logs2["loss_preserve"] == pytest.approx(logs1["loss_preserve"], rel=1e-5)
         assert all(torch.allclose(a, b, rtol=1e-4, atol=1e-7) for a, b in zip(g1, g2))
-        # a stochastic share draws at the same point in both: the same samples preserved, the same sum
+        # a share of the batch: the same samples preserved in both, the same sum
         m.o = saved.model_copy(update={"use_enhanced": False, "preserve_frac": 0.5})
         with perturbed_lora(ctx.unet):
             v1, logs1, g1, _ = run(False)

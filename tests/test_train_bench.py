@@ -9,7 +9,7 @@ import pytest
 def test_train_step_bench_tiny():
     from bench.train_step import run
 
-    res = run({"config": "tiny", "steps": "2", "warmup": "1"})
+    res = run({"config": "tiny", "steps": "2", "warmup": "1", "batch": "4"})
     names = [r[0] for r in res["rows"]]
     assert names == ["lora", "spf-no-enh", "spf-default-no-enh", "spf-run7-no-enh", "spf-split-no-enh", "spf"]
     v = res["figures"]["variants"]
@@ -17,7 +17,12 @@ def test_train_step_bench_tiny():
     for name in names[1:]:
         assert v[name]["time_ratio_vs_lora"] > 0 and v[name]["mem_ratio_vs_lora"] > 0
     # CPU: the ratio is of the profiler's exact allocation peaks (RSS sampling missed short peaks)
-    assert res["columns"][3] == "step_peak_alloc_mb"
+    assert res["columns"][4] == "step_peak_alloc_mb"
+    # the default preserves 1/8 of the samples, the empty prompt on half of those: at batch 4 its schedule repeats
+    # every 4 steps, so the 2 steps asked for become 4 and the ratio is of means over them
+    assert res["figures"]["config"]["steps"] == 4 and len(v["spf"]["alone_times_s"]) == 4
+    d = v["spf-default-no-enh"]
+    assert d["time_ratio_vs_lora"] == d["mean_s"] / v["lora"]["mean_s"]
     assert all(v[n]["step_peak_alloc_mb"] > 0 for n in names)
     assert v["spf"]["mem_ratio_vs_lora"] == v["spf"]["step_peak_alloc_mb"] / v["lora"]["step_peak_alloc_mb"]
 

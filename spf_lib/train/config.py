@@ -103,9 +103,9 @@ class SpfOptions(_Strict):
     preserve_split: bool = Field(False, description="Cost: run the response path (dual path + gated losses) on the "
                                  "first half of each batch and L_preserve on the second half, instead of both on "
                                  "every sample (docs/method.md)")
-    preserve_frac: float = Field(0.125, gt=0, le=1, description="Cost: share of each batch that also runs "
-                                 "L_preserve (rounded stochastically; 1 = every sample, the default until issue 15's "
-                                 "fifth round: docs/method.md)")
+    preserve_frac: float = Field(0.125, gt=0, le=1, description="Cost: share of the samples that also run "
+                                 "L_preserve (spread evenly over the run's batches; 1 = every sample, the "
+                                 "default until issue 15's fifth round: docs/method.md)")
     preserve_uncond_frac: float = Field(0.5, ge=0, le=1, description="Fraction of the L_preserve batch fed the "
                                         "empty prompt (classifier-free guidance's unconditional branch)")
     preserve_prior: int = Field(0, ge=0, le=4096, description="Our addition: L_preserve on this many images the "

@@ -150,6 +150,7 @@ class BatchSource:
         ex = [self.examples[i] for i in idx]
         return {
             "index": idx,
+            "micro_batch": step * self.grad_accum + micro,  # its position in the run (SPF spreads shares over it)
             "pixel_values": torch.stack(pix),
             "caption": [e.response_text for e in ex],
             "base_text": [e.base_text for e in ex],

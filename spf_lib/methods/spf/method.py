@@ -14,7 +14,7 @@ import torch
 from spf_lib.methods.base import TrainContext, diffusion_loss
 from spf_lib.methods.lora.method import LoraMethod
 from spf_lib.methods.spf import losses as L
-from spf_lib.methods.spf.preserve import PreserveLosses, _stochastic_round
+from spf_lib.methods.spf.preserve import PreserveLosses, share
 
 log = logging.getLogger(__name__)
 TOKENS_PREFIX = "target_tokens."  # their keys in the training checkpoint, beside the LoRA's
@@ -130,7 +130,8 @@ class SpfMethod(PreserveLosses, LoraMethod):
             return self.stage1_with_preserve(ctx, batch)
         latents = ctx.encode_images(batch["pixel_values"])
         noisy, _noise, t, target = ctx.add_noise(latents)
-        res_idx, pres_idx = self._split(ctx, len(t), step)
+        n = _micro_batch(batch, step)
+        res_idx, pres_idx = self._split(len(t), n)
         logs: dict[str, float] = {"stage": 2.0}
         total = noisy.new_zeros((), dtype=torch.float32)
         eps_ref = None
@@ -142,7 +143,8 @@ class SpfMethod(PreserveLosses, LoraMethod):
             # unsplit: samples of the response step, so its reference ε (base text, same z_t) is reused
             l_pres = self.preserve_loss(ctx, noisy[pres_idx], t[pres_idx],
                                         [batch["base_text"][i] for i in pres_idx.tolist()],
-                                        None if o.preserve_split else eps_ref[pres_idx])
+                                        None if o.preserve_split else eps_ref[pres_idx],
+                                        first=self._preserved_before(len(t), n))
             total = total + o.w_preserve * l_pres
             logs["loss_preserve"] = float(l_pres.detach())
         return total, logs
@@ -158,30 +160,39 @@ class SpfMethod(PreserveLosses, LoraMethod):
             return
         latents = ctx.encode_images(batch["pixel_values"])
         noisy, _noise, t, target = ctx.add_noise(latents)
-        _, pres_idx = self._split(ctx, len(t), step)
+        n = _micro_batch(batch, step)
+        _, pres_idx = self._split(len(t), n)
         logs: dict[str, float] = {"stage": 2.0}
         total, eps_ref = self.response_losses(ctx, batch, noisy, t, target, latents, logs, self.align_scale(step))
         yield total, logs  # the loop's backward frees the response graph here (the captured maps stay readable)
         if not pres_idx.numel():
             return
         l_pres = self.preserve_loss(ctx, noisy[pres_idx], t[pres_idx],
-                                    [batch["base_text"][i] for i in pres_idx.tolist()], eps_ref[pres_idx])
+                                    [batch["base_text"][i] for i in pres_idx.tolist()], eps_ref[pres_idx],
+                                    first=self._preserved_before(len(t), n))
         yield o.w_preserve * l_pres, {"loss_preserve": float(l_pres.detach())}
 
-    def _split(self, ctx: TrainContext, b: int, step: int):
-        """(response indices, preserve indices). Default: the response path on every sample, L_preserve on the
-        first ``preserve_frac`` of them (a batch is shuffled; the count is rounded stochastically, so a batch of one
-        preserves that share of its steps), reusing the response step's reference ε. ``preserve_split``: the first
-        half of the batch takes the response path, the rest L_preserve; a batch of one alternates by step."""
+    def _split(self, b: int, n: int):
+        """(response indices, preserve indices) of micro-batch ``n`` (of size ``b``). Default: the response path on
+        every sample, L_preserve on the first ``preserve_frac`` of them (a batch is shuffled), reusing the response
+        step's reference ε; the count is the share of the run's samples that falls in this batch (``share``: a
+        batch of 2 at 1/8 preserves one sample every fourth step). ``preserve_split``: the first half of the batch
+        takes the response path, the rest L_preserve; a batch of one alternates."""
         every = torch.arange(b)
         if not self.o.use_preserve:
             return every, None
         if not self.o.preserve_split:
-            return every, every[:_stochastic_round(self.o.preserve_frac * b, ctx.generator)]
+            return every, every[:share(self.o.preserve_frac, n * b, b)]
         if b == 1:
-            return (every, None) if step % 2 == 0 else (None, every)
+            return (every, None) if n % 2 == 0 else (None, every)
         k = (b + 1) // 2
         return every[:k], every[k:]
+
+    def _preserved_before(self, b: int, n: int) -> int:
+        """How many samples L_preserve saw before micro-batch ``n`` (what ``_uncond_count`` spreads its share over)."""
+        if not self.o.preserve_split:
+            return share(self.o.preserve_frac, 0, n * b)
+        return n * (b - (b + 1) // 2) if b > 1 else n // 2
 
     def align_scale(self, step: int) -> float:
         """Factor on the SFCM-gated alignment losses at ``step`` (``align_warmup``: a linear ramp over the first
@@ -236,7 +247,8 @@ class SpfMethod(PreserveLosses, LoraMethod):
         # with preserve_prior, L_preserve draws its own inputs: no reference pass on this batch
         eps_ref = None if self.prior is not None else self.reference_eps(ctx, noisy, t,
                                                                          ctx.condition(batch["base_text"]))
-        l_pres = self.preserve_loss(ctx, noisy, t, batch["base_text"], eps_ref)
+        l_pres = self.preserve_loss(ctx, noisy, t, batch["base_text"], eps_ref,
+                                    first=_micro_batch(batch, 0) * len(t))
         return o.w_diffusion * l_diff + o.w_preserve * l_pres, {
             "loss_diffusion": float(l_diff.detach()), "loss_preserve": float(l_pres.detach()), "stage": 1.0}
 
@@ -331,6 +343,11 @@ class SpfMethod(PreserveLosses, LoraMethod):
         if self.tokens is not None:
             info["target_tokens"] = self.tokens.save(out_dir)
         return info
+
+
+def _micro_batch(batch: dict[str, Any], step: int) -> int:
+    """The batch's position in the run (``BatchSource``: step × grad_accum + micro); the step for a hand-made one."""
+    return int(batch.get("micro_batch", step))
 
 
 def _take(batch: dict[str, Any], idx: torch.Tensor) -> dict[str, Any]:

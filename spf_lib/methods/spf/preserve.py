@@ -8,6 +8,7 @@ A mixin of ``SpfMethod`` (it reads ``self.o``, ``self.store``, ``self.switch``, 
 from __future__ import annotations
 
 import logging
+import math
 
 import torch
 
@@ -48,21 +49,23 @@ class PreserveLosses:
                  o.preserve_prior_steps, o.preserve_prior_guidance)
         return torch.cat(out), texts
 
-    def preserve_loss(self, ctx: TrainContext, noisy, t, base_text: list[str], eps_ref=None) -> torch.Tensor:
+    def preserve_loss(self, ctx: TrainContext, noisy, t, base_text: list[str], eps_ref=None,
+                      first: int = 0) -> torch.Tensor:
         """Our addition (docs/method.md): the tuned model fed the BASE text must predict what the original does.
 
         Semantic pollution is measured on prompts WITHOUT the target; the paper's losses only constrain the
         response path (base + target text), so nothing stops the adapter from changing base prompts. Ungated: with
         no target in the text there is no region the adapter may legitimately change. ``eps_ref``: the original's ε
-        on (``noisy``, ``base_text``); unused with ``preserve_prior``, which draws its own inputs.
+        on (``noisy``, ``base_text``); unused with ``preserve_prior``, which draws its own inputs. ``first``: how many
+        samples L_preserve has seen before these in the run (the empty prompt's share is spread over them).
         """
         store = self.store
         if store is not None:
             store.mode = None  # keep the captured response maps of this step intact
         if self.prior is not None:
-            return self.preserve_prior_loss(ctx, len(base_text))
+            return self.preserve_prior_loss(ctx, len(base_text), first)
         texts = list(base_text)
-        k = self._uncond_count(ctx, len(texts))
+        k = self._uncond_count(len(texts), first)
         if k:
             # classifier-free guidance also runs the empty prompt: an adapter that moves it moves every base prompt
             texts[-k:] = [""] * k
@@ -75,12 +78,12 @@ class PreserveLosses:
         eps_base = ctx.denoise(noisy, t, cond)
         return torch.nn.functional.mse_loss(eps_base.float(), eps_ref.detach().float())
 
-    def preserve_prior_loss(self, ctx: TrainContext, b: int) -> torch.Tensor:
+    def preserve_prior_loss(self, ctx: TrainContext, b: int, first: int = 0) -> torch.Tensor:
         """L_preserve on B of the original model's samples (drawn with the run's generator), noised afresh."""
         lat_all, texts_all = self.prior
         idx = torch.randint(0, lat_all.shape[0], (b,), generator=ctx.generator).tolist()
         texts = [texts_all[i] for i in idx]
-        k = self._uncond_count(ctx, b)
+        k = self._uncond_count(b, first)
         if k:
             texts[-k:] = [""] * k
         noisy, _noise, t, _target = ctx.add_noise(lat_all[idx].to(ctx.weight_dtype))
@@ -89,16 +92,19 @@ class PreserveLosses:
         eps_base = ctx.denoise(noisy, t, cond)
         return torch.nn.functional.mse_loss(eps_base.float(), eps_ref.float())
 
-    def _uncond_count(self, ctx: TrainContext, b: int) -> int:
-        """frac·B rounded stochastically, so batch 1 — the usual SD 1.5 setting with gradient accumulation — still
-        preserves the empty prompt half the time."""
-        return _stochastic_round(self.o.preserve_uncond_frac * b, ctx.generator)
+    def _uncond_count(self, m: int, first: int) -> int:
+        """How many of these ``m`` preserved samples get the empty prompt: ``preserve_uncond_frac`` of them, spread
+        over the run (``share``), so batch 1 — the usual SD 1.5 setting with gradient accumulation — still
+        preserves the empty prompt on every other sample."""
+        return share(self.o.preserve_uncond_frac, first, m)
 
 
-def _stochastic_round(x: float, generator) -> int:
-    """floor(x), plus one with probability frac(x) (drawn from the run's generator only when x is not whole, so
-    whole shares leave the run's random stream as it was)."""
-    k = int(x)
-    if x - k > 1e-9:
-        k += int(float(torch.rand((), generator=generator)) < x - k)
-    return k
+def share(rate: float, first: int, count: int) -> int:
+    """How many of the items ``first .. first+count-1`` of a run fall in a ``rate`` share of it: the rounded running
+    total, differenced (error diffusion). Deterministic and exact: any run of items gets ``rate``·n within one item,
+    a whole period exactly — so a training step's cost and what it preserves do not depend on a random draw (the
+    stochastic rounding before it made the cost of a step, and the bench's median of a few, a matter of chance)."""
+    def total(n: int) -> int:
+        return math.floor(n * rate + 0.5 + 1e-9)
+
+    return total(first + count) - total(first)
