@@ -29,7 +29,7 @@ class BeyondInsertingHandle(AdapterHandle):
         self._enabled = False
 
     def prompt(self, text: str) -> str:
-        from spf_lib.methods.celeb_basis.tokens import replace_trigger
+        from spf_lib.methods.tokens import replace_trigger
 
         return replace_trigger(text, self.info["trigger"], self.info["token"]) if self._enabled else text
 
@@ -38,7 +38,7 @@ def load(pipe: Any, adapter_dir: Path, info: dict) -> BeyondInsertingHandle:
     from safetensors.torch import load_file
 
     from spf_lib.methods.beyond_inserting.inject import Injector, cross_attention_layers
-    from spf_lib.methods.celeb_basis.tokens import add_placeholder_tokens, write_token_rows
+    from spf_lib.methods.tokens import add_placeholder_tokens, write_token_rows
 
     path = Path(adapter_dir) / info.get("weights_file", "beyond_inserting.safetensors")
     if not path.is_file():

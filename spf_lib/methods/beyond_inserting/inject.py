@@ -152,7 +152,7 @@ class Injector:
 
     def __init__(self, unet: Any, text_encoder: Any, stage_of: dict[str, int], n_stages: int, seq_len: int,
                  token_id: int, value_mode: str) -> None:
-        from spf_lib.methods.celeb_basis.tokens import TokenOverride
+        from spf_lib.methods.tokens import TokenOverride
 
         self.unet, self.text_encoder = unet, text_encoder
         self.stage_of, self.token_id, self.value_mode = stage_of, token_id, value_mode

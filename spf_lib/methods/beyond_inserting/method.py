@@ -37,7 +37,7 @@ class BeyondInsertingMethod:
 
         from spf_lib.methods.beyond_inserting.inject import Injector, assign_stages, cross_attention_layers
         from spf_lib.methods.beyond_inserting.module import KVTokenGenerator
-        from spf_lib.methods.celeb_basis.tokens import add_placeholder_tokens, positions_of, token_id_of
+        from spf_lib.methods.tokens import add_placeholder_tokens, positions_of, token_id_of
 
         o = self.opts
         te, tok = ctx.text_encoder, ctx.tokenizer
@@ -69,14 +69,14 @@ class BeyondInsertingMethod:
     def _write_row(self, ctx: Any) -> None:
         """V*'s table row = the module's current v_star, exactly what the loader writes: the text encoding of the
         tokens around V* (end-of-text, padding) then matches between training, validation and generation."""
-        from spf_lib.methods.celeb_basis.tokens import write_token_rows
+        from spf_lib.methods.tokens import write_token_rows
 
         write_token_rows(ctx.text_encoder, [self.token_id], self.module.v_star.detach()[None])
 
     def compute_loss(self, ctx: Any, batch: dict, step: int):
         from spf_lib.methods.base import diffusion_loss
         from spf_lib.methods.beyond_inserting.inject import attention_loss, pack_hidden
-        from spf_lib.methods.celeb_basis.tokens import positions_of
+        from spf_lib.methods.tokens import positions_of
 
         b = len(batch["index"])
         ids = ctx.tokenize([self.opts.template.format(self.token)] * b)
@@ -127,7 +127,7 @@ class BeyondInsertingMethod:
         self.enabled = enabled
 
     def prompt(self, text: str) -> str:
-        from spf_lib.methods.celeb_basis.tokens import replace_trigger
+        from spf_lib.methods.tokens import replace_trigger
 
         return replace_trigger(text, self.opts.trigger, self.token) if self.enabled else text
 

@@ -22,7 +22,7 @@ class CelebBasisHandle(AdapterHandle):
     embeddings: Any = None       # (n_identities, 2, D)
 
     def enable(self) -> None:
-        from spf_lib.methods.celeb_basis.tokens import write_token_rows
+        from spf_lib.methods.tokens import write_token_rows
 
         for ids, emb in zip(self.token_ids, self.embeddings):
             write_token_rows(self.pipe.text_encoder, ids, emb)
@@ -33,7 +33,7 @@ class CelebBasisHandle(AdapterHandle):
         self._enabled = False
 
     def prompt(self, text: str) -> str:
-        from spf_lib.methods.celeb_basis.tokens import replace_trigger
+        from spf_lib.methods.tokens import replace_trigger
 
         if not self._enabled:
             return text
@@ -46,7 +46,7 @@ def load(pipe: Any, adapter_dir: Path, info: dict) -> CelebBasisHandle:
     from safetensors.torch import load_file
 
     from spf_lib.methods.celeb_basis.basis import embed_coefficients
-    from spf_lib.methods.celeb_basis.tokens import add_placeholder_tokens
+    from spf_lib.methods.tokens import add_placeholder_tokens
 
     path = Path(adapter_dir) / info.get("codes_file", "identity_codes.safetensors")
     if not path.is_file():

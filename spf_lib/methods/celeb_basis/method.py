@@ -61,7 +61,7 @@ class CelebBasisMethod:
         from spf_lib.methods.celeb_basis.basis import basis_from_text_encoder
         from spf_lib.methods.celeb_basis.encoder import make_face_encoder
         from spf_lib.methods.celeb_basis.model import CelebBasisMLP
-        from spf_lib.methods.celeb_basis.tokens import TokenOverride, add_placeholder_tokens
+        from spf_lib.methods.tokens import TokenOverride, add_placeholder_tokens
 
         o = self.opts
         self.triggers, self.row_identity, crops = read_identities(ctx.cfg.data_dir, o.identity_column, o.trigger)
@@ -157,7 +157,7 @@ class CelebBasisMethod:
         import torch
 
         from spf_lib.methods.celeb_basis.basis import embed_coefficients
-        from spf_lib.methods.celeb_basis.tokens import write_token_rows
+        from spf_lib.methods.tokens import write_token_rows
 
         with torch.no_grad():   # the exported code, so validation grids show what a loaded adapter generates
             emb = embed_coefficients(self.exported_coefficients(), self.mlp.basis)
@@ -170,7 +170,7 @@ class CelebBasisMethod:
         self.enabled = enabled
 
     def prompt(self, text: str) -> str:
-        from spf_lib.methods.celeb_basis.tokens import replace_trigger
+        from spf_lib.methods.tokens import replace_trigger
 
         if not self.enabled:
             return text

@@ -47,7 +47,7 @@ class TargetTokens:
     def __init__(self, pipe: Any, encoder_names: Iterable[str], examples: list) -> None:
         import torch
 
-        from spf_lib.methods.celeb_basis.tokens import TokenOverride
+        from spf_lib.methods.tokens import TokenOverride
 
         targets = [e.target_phrase for e in examples if e.target_phrase]
         if not targets:

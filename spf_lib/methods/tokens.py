@@ -1,4 +1,5 @@
-"""Placeholder tokens shared by the identity methods (Celeb Basis and Beyond Inserting).
+"""Token rows shared by the methods: placeholder tokens of the identity methods (Celeb Basis, Beyond Inserting) and
+the override SPF's target-token rows train through.
 
 Why a forward hook on the token-embedding layer instead of calling the text model with ``inputs_embeds``: the CLIP
 text model in transformers 5 no longer accepts ``inputs_embeds``, and re-implementing its causal mask and encoder
