@@ -63,8 +63,9 @@ VARIANTS: dict[str, tuple[str, dict]] = {
 }
 DEFAULT_VARIANTS = ["naive", "lora", "spf", "spf w/o target tokens", "spf w/o SFCM", "spf-paper"]
 DEFAULT_CONFIGS = "background=red+expression=smiling:7:123;background=blue+expression=neutral:11:321"
-# how L_preserve's share is drawn (issue 15, sixth round: spread evenly over the run, was stochastic rounding)
-SHARES = "even"
+# SPF behaviour no option names (part of the cache key, so a run of older code is not reused): issue 15's sixth
+# round spread L_preserve's share evenly over the run (was stochastic rounding) and encodes frozen texts separately
+SPF_CODE = "r6: even shares, frozen texts encoded apart"
 # the two SFCM settings whose overlap with the rendered glasses is reported
 SFCM_SETTINGS = {"robust (now)": {"sfcm_norm": "robust"},
                  "quantile+max (issue 9)": {"sfcm_norm": "quantile", "sfcm_gate_pool": "max"}}
@@ -228,8 +229,7 @@ def variant_config(name: str) -> dict:
 
     o = SpfOptions(**{"image_embedder": "world-clip", **over})
     out = {"method": method, "spf": o.model_dump(mode="json")}
-    if o.use_preserve:
-        out["shares"] = SHARES  # behaviour no option names: a run of the older schedule is not reused
+    out["code"] = SPF_CODE
     return out
 
 

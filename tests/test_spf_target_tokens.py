@@ -73,6 +73,50 @@ def test_only_the_target_rows_learn_and_prompts_without_them_stay_bit_identical(
     assert not torch.allclose(target_now, enc0[TARGET_PROMPT])
 
 
+def test_reference_and_preserve_texts_read_the_original_rows_encoded_once(trained, monkeypatch):
+    """The reference path and L_preserve encode texts the rows never touch: from the frozen encoder, once per text
+    (cached, bounded), equal to a fresh encoding — and even a text that did hold a target token reads the ORIGINAL
+    row there (the reference is the original model), while the response path reads the learned one."""
+    import spf_lib.methods.spf.method as spf_method
+
+    tr = trained[0]
+    m, ctx = tr.method, tr.ctx
+    m._frozen.clear()
+    calls = []
+    real = ctx.condition
+    monkeypatch.setattr(ctx, "condition", lambda texts, grad=False: calls.append(list(texts)) or real(texts, grad))
+    with torch.no_grad():
+        a = m.frozen_condition(ctx, [BASE_PROMPT, "", BASE_PROMPT])
+        b = m.frozen_condition(ctx, ["", BASE_PROMPT])
+        fresh = real([BASE_PROMPT, ""]).hidden
+        assert calls == [[BASE_PROMPT, ""]]  # each text encoded once
+        assert torch.equal(a.hidden[0], fresh[0]) and torch.equal(a.hidden[2], fresh[0])
+        assert torch.equal(b.hidden, fresh.flip(0))
+        m._frozen.clear()
+        frozen_target = m.frozen_condition(ctx, [TARGET_PROMPT]).hidden
+        learned_target = m.condition(ctx, [TARGET_PROMPT]).hidden
+    assert torch.equal(frozen_target, trained[3][TARGET_PROMPT])  # the original rows
+    assert not torch.allclose(learned_target, frozen_target)
+    # the bound: with room for two texts, the least recently used one goes
+    per_text = frozen_target.numel() * frozen_target.element_size()
+    monkeypatch.setattr(spf_method, "FROZEN_CACHE_BYTES", 2 * per_text)
+    m._frozen.clear()
+    with torch.no_grad():
+        for text in ("x one", "x two", "x one", "x three"):
+            m.frozen_condition(ctx, [text])
+    assert list(m._frozen) == ["x one", "x three"]
+    m._frozen.clear()
+    # the dual path's reference reads them from there
+    seen = []
+    real_frozen = m.frozen_condition
+    monkeypatch.setattr(m, "frozen_condition", lambda c, texts: seen.append(list(texts)) or real_frozen(c, texts))
+    batch = tr.source.batch(0)
+    noisy, _, t, _ = ctx.add_noise(ctx.encode_images(batch["pixel_values"]))
+    with torch.no_grad():
+        m.dual_forward(ctx, noisy, t, batch["base_text"], batch["caption"])
+    assert seen == [batch["base_text"]]
+
+
 def test_gradient_reaches_the_rows_through_the_response_path(trained):
     tr = trained[0]
     vec = tr.method.tokens.encoders[0][2]

@@ -7,6 +7,7 @@ fed base + target text. One copy of the weights serves both (the paper keeps a f
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
 from typing import Any
 
 import torch
@@ -18,6 +19,7 @@ from spf_lib.methods.spf.preserve import PreserveLosses, share
 
 log = logging.getLogger(__name__)
 TOKENS_PREFIX = "target_tokens."  # their keys in the training checkpoint, beside the LoRA's
+FROZEN_CACHE_BYTES = 256 * 2**20  # ``frozen_condition``'s bound (SD 1.5: ~1100 texts; SD3 with T5: ~50)
 
 
 class SpfMethod(PreserveLosses, LoraMethod):
@@ -31,6 +33,7 @@ class SpfMethod(PreserveLosses, LoraMethod):
         self.mapper = None
         self.embedder = None
         self._text_emb: dict[str, torch.Tensor] = {}
+        self._frozen: OrderedDict = OrderedDict()  # text -> its Conditioning row (``frozen_condition``)
         self.prior: tuple[torch.Tensor, list[str]] | None = None  # (latents, base texts) the original model drew
         self.tokens = None  # TargetTokens (spf.target_tokens)
         self.enh_direction = "image"  # resolved in setup ("auto" -> text when the embedder has a text tower)
@@ -78,6 +81,28 @@ class SpfMethod(PreserveLosses, LoraMethod):
 
         return checkpoint(encode, use_reentrant=False)
 
+    def frozen_condition(self, ctx: TrainContext, texts: list[str]):
+        """The conditioning of texts the adapter's rows never touch (base texts, the empty prompt: no target token
+        in them), without a graph and cached per text: the text encoders are frozen, so the same text always
+        encodes the same, and the reference path and L_preserve read the same few hundred base texts all run. The
+        cache is bounded (``FROZEN_CACHE_BYTES``, least recently used out first) so a large set at SD3's T5 widths
+        does not fill the device."""
+        cache = self._frozen
+        missing = list(dict.fromkeys(t for t in texts if t not in cache))
+        if missing:
+            cond = ctx.condition(missing)
+            for i, text in enumerate(missing):
+                cache[text] = cond[i:i + 1]
+        from spf_lib.models.backbone import Conditioning
+
+        out = Conditioning.cat([cache[t] for t in texts])
+        for t in texts:
+            cache.move_to_end(t)
+        per_text = _nbytes(out) / max(1, len(texts))
+        while len(cache) > max(len(set(texts)), int(FROZEN_CACHE_BYTES // max(per_text, 1))):
+            cache.popitem(last=False)
+        return out
+
     def set_enabled(self, ctx: TrainContext, enabled: bool) -> None:
         super().set_enabled(ctx, enabled)
         if self.tokens is not None:
@@ -98,8 +123,8 @@ class SpfMethod(PreserveLosses, LoraMethod):
     # -- the two paths ----------------------------------------------------------------------------------------
     def dual_forward(self, ctx: TrainContext, noisy, t, base_text: list[str], res_text: list[str]):
         """(ε_ref, ε_res); captured maps land in ``self.store.maps['ref' | 'res']``."""
-        cond = self.condition(ctx, list(base_text) + list(res_text))  # one text-encoder call for both paths
-        cond_ref, cond_res = cond[:len(base_text)], cond[len(base_text):]
+        cond_ref = self.frozen_condition(ctx, list(base_text))  # the original model reads no learned row
+        cond_res = self.condition(ctx, list(res_text))
         store = self.store
         if store is not None:
             store.clear()
@@ -246,7 +271,7 @@ class SpfMethod(PreserveLosses, LoraMethod):
         l_diff = diffusion_loss(pred, target)
         # with preserve_prior, L_preserve draws its own inputs: no reference pass on this batch
         eps_ref = None if self.prior is not None else self.reference_eps(ctx, noisy, t,
-                                                                         ctx.condition(batch["base_text"]))
+                                                                         self.frozen_condition(ctx, batch["base_text"]))
         l_pres = self.preserve_loss(ctx, noisy, t, batch["base_text"], eps_ref,
                                     first=_micro_batch(batch, 0) * len(t))
         return o.w_diffusion * l_diff + o.w_preserve * l_pres, {
@@ -343,6 +368,10 @@ class SpfMethod(PreserveLosses, LoraMethod):
         if self.tokens is not None:
             info["target_tokens"] = self.tokens.save(out_dir)
         return info
+
+
+def _nbytes(cond) -> int:
+    return sum(x.numel() * x.element_size() for x in (cond.hidden, cond.pooled, cond.time_ids) if x is not None)
 
 
 def _micro_batch(batch: dict[str, Any], step: int) -> int:

@@ -1,8 +1,8 @@
 """L_preserve, ours (docs/method.md): the tuned model fed a text WITHOUT the target must predict what the original
 does — on the fine-tuning images' noised latents, or on the original model's own samples (``preserve_prior``).
 
-A mixin of ``SpfMethod`` (it reads ``self.o``, ``self.store``, ``self.switch``, ``self.prior`` and
-``reference_eps``); the schedule that decides which samples it sees stays with the method (``_split``).
+A mixin of ``SpfMethod`` (it reads ``self.o``, ``self.store``, ``self.switch``, ``self.prior``, ``reference_eps``
+and ``frozen_condition``); the schedule that decides which samples it sees stays with the method (``_split``).
 """
 
 from __future__ import annotations
@@ -69,7 +69,7 @@ class PreserveLosses:
         if k:
             # classifier-free guidance also runs the empty prompt: an adapter that moves it moves every base prompt
             texts[-k:] = [""] * k
-        cond = ctx.condition(texts)
+        cond = self.frozen_condition(ctx, texts)
         if eps_ref is None:  # no response step on these samples (preserve_split): one reference pass for all
             eps_ref = self.reference_eps(ctx, noisy, t, cond)
         elif k:
@@ -87,7 +87,7 @@ class PreserveLosses:
         if k:
             texts[-k:] = [""] * k
         noisy, _noise, t, _target = ctx.add_noise(lat_all[idx].to(ctx.weight_dtype))
-        cond = ctx.condition(texts)
+        cond = self.frozen_condition(ctx, texts)
         eps_ref = self.reference_eps(ctx, noisy, t, cond)
         eps_base = ctx.denoise(noisy, t, cond)
         return torch.nn.functional.mse_loss(eps_base.float(), eps_ref.float())
