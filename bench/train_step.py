@@ -12,8 +12,8 @@ Options: model=tiny|sd15|sdxl|sd3 (config= is the same option), width_divisor=N 
 kept), steps=N (timed; rounded up to whole periods of every variant's L_preserve schedule),
 warmup=N, batch=N, resolution=N, mixed_precision=no|bf16,
 capture=PATTERN[,PATTERN], checkpointing=0|1, interleave=0|1,
-variants=lora,spf-no-enh,spf-default-no-enh,spf-run7-no-enh,spf-split-no-enh,spf (spf, with the world's CLIP:
-tiny only).
+variants=lora,spf-no-enh,spf-default-no-enh,spf-quarter-no-enh,spf-run7-no-enh,spf-split-no-enh,spf (spf, with the
+world's CLIP: tiny only).
 Goals (issues 4, 15): SPF stage-2 step ≤ 1.4× LoRA step time, step memory ≤ 1.15× LoRA.
 """
 
@@ -34,6 +34,8 @@ VARIANTS = {
     # the default preset without a CLIP (L_enh is then off): dual path + L_out + target-token rows + L_preserve on
     # spf.preserve_frac of each batch
     "spf-default-no-enh": {"method": "spf", "spf": {"use_enhanced": False}},
+    # the default with L_preserve on a quarter of the samples instead of an eighth (issue 15, sixth round)
+    "spf-quarter-no-enh": {"method": "spf", "spf": {"use_enhanced": False, "preserve_frac": 0.25}},
     # Run 7's default (issue 15, third session): no target-token rows, L_preserve on every sample
     "spf-run7-no-enh": {"method": "spf", "spf": {"use_enhanced": False, "target_tokens": False,
                                                   "preserve_frac": 1.0}},
@@ -297,8 +299,8 @@ def run(options: dict[str, str]) -> dict:
              "they are process CPU seconds with 1 torch thread"),
             ("spf-no-enh = the paper's dual path (L_text, L_fine, SFCM); spf-default-no-enh adds our L_out, the "
              "target-token rows and L_preserve (base + empty prompt: one more forward/backward, half a no-grad "
-             "forward) on spf.preserve_frac of each batch = the default preset when no CLIP is configured; "
-             "spf-run7-no-enh = Run 7's default (no token rows, L_preserve on every sample); spf-split-no-enh "
+             "forward) on spf.preserve_frac of each batch = the default preset when no CLIP is configured "
+             "(spf-quarter-no-enh: on a quarter); spf-run7-no-enh = Run 7's default (no token rows, L_preserve on every sample); spf-split-no-enh "
              "splits each batch between the response path and "
              "L_preserve (spf.preserve_split); spf = the default preset with the world's CLIP (L_enhanced decodes "
              "x̂0 through the VAE)"),
