@@ -300,10 +300,10 @@ def run(options: dict[str, str]) -> dict:
             ("spf-no-enh = the paper's dual path (L_text, L_fine, SFCM); spf-default-no-enh adds our L_out, the "
              "target-token rows and L_preserve (base + empty prompt: one more forward/backward, half a no-grad "
              "forward) on spf.preserve_frac of each batch = the default preset when no CLIP is configured "
-             "(spf-quarter-no-enh: on a quarter); spf-run7-no-enh = Run 7's default (no token rows, L_preserve on every sample); spf-split-no-enh "
-             "splits each batch between the response path and "
-             "L_preserve (spf.preserve_split); spf = the default preset with the world's CLIP (L_enhanced decodes "
-             "x̂0 through the VAE)"),
+             "(spf-quarter-no-enh: on a quarter); spf-run7-no-enh = Run 7's default (no token rows, L_preserve on "
+             "every sample); spf-split-no-enh splits each batch between the response path and L_preserve "
+             "(spf.preserve_split); spf = the default preset with the world's CLIP (L_enhanced decodes x̂0 through "
+             "the VAE)"),
         ],
     }
 
