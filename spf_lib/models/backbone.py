@@ -34,6 +34,10 @@ class Conditioning:
     def __len__(self) -> int:
         return int(self.hidden.shape[0])
 
+    @property
+    def nbytes(self) -> int:
+        return sum(x.numel() * x.element_size() for x in (getattr(self, f.name) for f in fields(self)) if x is not None)
+
     def _map(self, fn) -> Conditioning:
         return Conditioning(**{f.name: (None if getattr(self, f.name) is None else fn(getattr(self, f.name)))
                                for f in fields(self)})

@@ -98,7 +98,7 @@ class SpfMethod(PreserveLosses, LoraMethod):
         out = Conditioning.cat([cache[t] for t in texts])
         for t in texts:
             cache.move_to_end(t)
-        per_text = _nbytes(out) / max(1, len(texts))
+        per_text = out.nbytes / max(1, len(texts))
         while len(cache) > max(len(set(texts)), int(FROZEN_CACHE_BYTES // max(per_text, 1))):
             cache.popitem(last=False)
         return out
@@ -368,10 +368,6 @@ class SpfMethod(PreserveLosses, LoraMethod):
         if self.tokens is not None:
             info["target_tokens"] = self.tokens.save(out_dir)
         return info
-
-
-def _nbytes(cond) -> int:
-    return sum(x.numel() * x.element_size() for x in (cond.hidden, cond.pooled, cond.time_ids) if x is not None)
 
 
 def _micro_batch(batch: dict[str, Any], step: int) -> int:
