@@ -12,8 +12,8 @@ Options: model=tiny|sd15|sdxl|sd3 (config= is the same option), width_divisor=N 
 kept), steps=N (timed; rounded up to whole periods of every variant's L_preserve schedule),
 warmup=N, batch=N, resolution=N, mixed_precision=no|bf16,
 capture=PATTERN[,PATTERN], checkpointing=0|1, interleave=0|1,
-variants=lora,spf-no-enh,spf-default-no-enh,spf-quarter-no-enh,spf-run7-no-enh,spf-split-no-enh,spf (spf, with the
-world's CLIP: tiny only).
+variants=lora,spf-no-enh,spf-default-no-enh,spf-quarter-no-enh,spf-run7-no-enh,spf-beside-no-enh,spf-split-no-enh,spf
+(spf, with the world's CLIP: tiny only).
 Goals (issues 4, 15): SPF stage-2 step ≤ 1.4× LoRA step time, step memory ≤ 1.15× LoRA.
 """
 
@@ -38,7 +38,9 @@ VARIANTS = {
     "spf-quarter-no-enh": {"method": "spf", "spf": {"use_enhanced": False, "preserve_frac": 0.25}},
     # Run 7's default (issue 15, third session): no target-token rows, L_preserve on every sample
     "spf-run7-no-enh": {"method": "spf", "spf": {"use_enhanced": False, "target_tokens": False,
-                                                  "preserve_frac": 1.0}},
+                                                  "preserve_frac": 1.0, "preserve_instead": False}},
+    # issue 15's sixth-round default: the preserved eighth runs L_preserve BESIDE the response path
+    "spf-beside-no-enh": {"method": "spf", "spf": {"use_enhanced": False, "preserve_instead": False}},
     # each batch split between the response path and L_preserve (spf.preserve_split)
     "spf-split-no-enh": {"method": "spf", "spf": {"use_enhanced": False, "preserve_split": True}},
     # the default preset with the world's CLIP configured (tiny only: L_enh decodes x̂0 for every sample)
@@ -300,10 +302,11 @@ def run(options: dict[str, str]) -> dict:
              f"{opts['steps']} timed steps = whole periods ({period}) of every variant's L_preserve schedule; on CPU "
              "they are the stepping thread's CPU seconds with 1 torch thread"),
             ("spf-no-enh = the paper's dual path (L_text, L_fine, SFCM); spf-default-no-enh adds our L_out, the "
-             "target-token rows and L_preserve (base + empty prompt: one more forward/backward, half a no-grad "
-             "forward) on spf.preserve_frac of each batch = the default preset when no CLIP is configured "
-             "(spf-quarter-no-enh: on a quarter); spf-run7-no-enh = Run 7's default (no token rows, L_preserve on "
-             "every sample); spf-split-no-enh splits each batch between the response path and L_preserve "
+             "target-token rows and L_preserve (base text, or the empty prompt) on spf.preserve_frac of each "
+             "batch INSTEAD of the response path, in the same two forward passes = the default preset when no CLIP "
+             "is configured (spf-quarter-no-enh: on a quarter); spf-beside-no-enh = the sixth round's default "
+             "(L_preserve BESIDE the response path: one more forward/backward per preserved sample); "
+             "spf-run7-no-enh = Run 7's default (no token rows, L_preserve beside on every sample); spf-split-no-enh splits each batch between the response path and L_preserve "
              "(spf.preserve_split); spf = the default preset with the world's CLIP (L_enhanced decodes x̂0 through "
              "the VAE)"),
         ],

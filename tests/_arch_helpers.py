@@ -20,8 +20,8 @@ def arch_trainer(pipe, tmp: Path, method: str, **kw):
               "output_dir": str(tmp / f"out-{method}"), "steps": 1, "seed": 0, "lr": 1e-3, "resolution": RESOLUTION,
               "batch_size": 1, "device": "cpu", "validation": {"enabled": False}}
     values.update(kw)
-    # L_preserve on every sample: the step exercises every loss on the real architecture
-    values["spf"] = {"stage1_steps": 0, "preserve_frac": 1.0, **kw.get("spf", {})}
+    # L_preserve beside the response path on every sample: the step exercises every loss on the real architecture
+    values["spf"] = {"stage1_steps": 0, "preserve_frac": 1.0, "preserve_instead": False, **kw.get("spf", {})}
     cfg = TrainConfig.build("test", **values)
     return Trainer(cfg, pipe=pipe)
 

@@ -472,7 +472,7 @@ def test_preserve_split_runs_each_sample_through_one_path(trainer):
         assert "loss_diffusion" in logs0 and "loss_preserve" not in logs0 and n0 == 2      # reference + response
         assert "loss_preserve" in logs1 and "loss_diffusion" not in logs1 and len(calls) - n0 == 2
         m.o = saved.model_copy(update={"preserve_split": False, "use_enhanced": False, "preserve_uncond_frac": 0.0,
-                                       "preserve_frac": 1.0})
+                                       "preserve_frac": 1.0, "preserve_instead": False})
         calls.clear()
         _, logs = m.compute_loss(ctx, batch, 0)
         assert {"loss_diffusion", "loss_preserve"} <= logs.keys() and len(calls) == 3  # + the base-text tuned pass
@@ -491,12 +491,12 @@ def test_preserve_frac_runs_l_preserve_on_that_share_of_each_batch(trainer):
     m.preserve_loss = lambda c, noisy, t, texts, eps_ref=None, first=0: sizes.append(
         (len(texts), eps_ref.shape[0], first)) or real(c, noisy, t, texts, eps_ref, first)
     try:
-        m.o = saved.model_copy(update={"preserve_frac": 0.25, "use_enhanced": False})
+        m.o = saved.model_copy(update={"preserve_frac": 0.25, "use_enhanced": False, "preserve_instead": False})
         assert [m._split(8, n)[1].tolist() for n in range(2)] == [[0, 1], [0, 1]]
-        m.o = saved.model_copy(update={"preserve_frac": 0.125, "use_enhanced": False})
+        m.o = saved.model_copy(update={"preserve_frac": 0.125, "use_enhanced": False, "preserve_instead": False})
         counts = [m._split(2, n)[1].numel() for n in range(400)]
         assert set(counts) == {0, 1} and sum(counts) == 100  # 1/8 of the samples, exactly
-        m.o = saved.model_copy(update={"preserve_frac": 0.5, "use_enhanced": False})
+        m.o = saved.model_copy(update={"preserve_frac": 0.5, "use_enhanced": False, "preserve_instead": False})
         batch = trainer.source.batch(0)  # batch 1: L_preserve on every other step
         parts = [len(list(m.loss_chunks(ctx, {**batch, "micro_batch": n}, 5))) for n in range(8)]
         assert parts == [2, 1] * 4 and sizes == [(1, 1, i) for i in range(4)]
@@ -513,7 +513,7 @@ def test_align_warmup_ramps_only_the_gated_alignment_losses(trainer):
     batch = trainer.source.batch(0)
 
     def parts(update, step):
-        m.o = saved.model_copy(update={"use_enhanced": False, "preserve_frac": 1.0, **update})
+        m.o = saved.model_copy(update={"use_enhanced": False, "preserve_frac": 1.0, **update, "preserve_instead": False})
         torch.manual_seed(7)
         with perturbed_lora(ctx.unet):  # a trained adapter: every alignment loss is > 0
             loss, logs = m.compute_loss(ctx, batch, step)
@@ -557,7 +557,7 @@ def test_loss_chunks_give_compute_losss_value_and_gradients(trainer):
         return value, logs, [p.grad.clone() for p in params], n
 
     try:
-        m.o = saved.model_copy(update={"use_enhanced": False, "preserve_frac": 1.0})
+        m.o = saved.model_copy(update={"use_enhanced": False, "preserve_frac": 1.0, "preserve_instead": False})
         torch.manual_seed(3)
         with perturbed_lora(ctx.unet):
             v1, logs1, g1, _ = run(False)
@@ -567,7 +567,7 @@ def test_loss_chunks_give_compute_losss_value_and_gradients(trainer):
         assert logs2["loss_preserve"] == pytest.approx(logs1["loss_preserve"], rel=1e-5)
         assert all(torch.allclose(a, b, rtol=1e-4, atol=1e-7) for a, b in zip(g1, g2))
         # a share of the batch: the same samples preserved in both, the same sum
-        m.o = saved.model_copy(update={"use_enhanced": False, "preserve_frac": 0.5})
+        m.o = saved.model_copy(update={"use_enhanced": False, "preserve_frac": 0.5, "preserve_instead": False})
         with perturbed_lora(ctx.unet):
             v1, logs1, g1, _ = run(False)
             v2, logs2, g2, n = run(True)
@@ -614,3 +614,71 @@ def test_reference_maps_are_freed_before_the_backward(trainer):
         del m.store.drop
         for p in ctx.unet.parameters():
             p.grad = None
+
+
+def _pair(tr) -> dict:
+    """Two of the set's samples as one batch (the fixture trains at batch 1)."""
+    a, b = tr.source.batch(0), tr.source.batch(1)
+    out = {k: (torch.cat([v, b[k]]) if isinstance(v, torch.Tensor) and v.dim() else
+               v + b[k] if isinstance(v, list) else v) for k, v in a.items()}
+    return {**out, "micro_batch": 0}
+
+
+def test_preserve_instead_shares_the_dual_paths_forward_passes(trainer):
+    """The default: a preserved sample takes L_preserve INSTEAD of the response path, batched into the dual path's
+    two forward passes (a step costs what the dual path costs). Each loss is what it is on its own samples alone:
+    the response losses on the first sample (captured maps narrowed to it), L_preserve = tuned vs original on the
+    second sample's base text, or the empty prompt on its share."""
+    from spf_lib.methods.spf.method import _take
+
+    ctx, m = trainer.ctx, trainer.method
+    saved = m.o
+    batch = _pair(trainer)
+    calls = []
+    hook = ctx.unet.register_forward_pre_hook(lambda mod, args: calls.append(args[0].shape[0]))
+    try:
+        for uncond in (0.0, 1.0):
+            m.o = saved.model_copy(update={"use_enhanced": False, "preserve_frac": 0.5, "preserve_uncond_frac": uncond})
+            assert [x.tolist() for x in m._split(2, 3)] == [[0], [1]]
+            assert len(list(m.loss_chunks(ctx, batch, 0))) == 1
+            with perturbed_lora(ctx.unet):
+                calls.clear()
+                ctx.generator.manual_seed(5)
+                _, logs = m.compute_loss(ctx, batch, 0)
+                assert calls == [2, 2]  # the reference pass and the tuned pass, nothing else
+                ctx.generator.manual_seed(5)
+                lat = ctx.encode_images(batch["pixel_values"])
+                noisy, _, t, target = ctx.add_noise(lat)
+                alone: dict = {}
+                m.response_losses(ctx, _take(batch, torch.tensor([0])), noisy[:1], t[:1], target[:1], lat[:1], alone)
+                cond = ctx.condition(["" if uncond else batch["base_text"][1]])
+                with torch.no_grad():
+                    tuned = ctx.denoise(noisy[1:], t[1:], cond)
+                    orig = m.reference_eps(ctx, noisy[1:], t[1:], cond)
+                want = float(torch.nn.functional.mse_loss(tuned, orig))
+            assert want > 0 and logs["loss_preserve"] == pytest.approx(want, rel=1e-4)
+            for k in ("loss_diffusion", "loss_text", "loss_fine", "loss_out"):
+                assert logs[k] == pytest.approx(alone[k], rel=1e-4), k
+        # batch 1 at a half share: a step is either L_preserve or the response path, each two passes of one sample
+        m.o = saved.model_copy(update={"use_enhanced": False, "preserve_frac": 0.5})
+        one, kinds = trainer.source.batch(0), []
+        for n in range(4):
+            calls.clear()
+            _, logs = m.compute_loss(ctx, {**one, "micro_batch": n}, n)
+            kinds.append(("loss_preserve" in logs, "loss_diffusion" in logs))
+            assert calls == [1, 1]
+        assert kinds == [(True, False), (False, True)] * 2
+    finally:
+        hook.remove()
+        m.o = saved
+
+
+def test_preserve_instead_needs_a_response_sample():
+    from pydantic import ValidationError
+
+    from spf_lib.train.config import SpfOptions
+
+    with pytest.raises(ValidationError, match="preserve_instead"):
+        SpfOptions(preserve_frac=1.0)
+    assert SpfOptions(preserve_frac=1.0, preserve_instead=False).preserve_frac == 1.0
+    assert SpfOptions(preserve_frac=1.0, use_preserve=False).use_preserve is False

@@ -12,7 +12,7 @@ def test_train_step_bench_tiny():
     res = run({"config": "tiny", "steps": "2", "warmup": "1", "batch": "4"})
     names = [r[0] for r in res["rows"]]
     assert names == ["lora", "spf-no-enh", "spf-default-no-enh", "spf-quarter-no-enh", "spf-run7-no-enh",
-                     "spf-split-no-enh", "spf"]
+                     "spf-beside-no-enh", "spf-split-no-enh", "spf"]
     v = res["figures"]["variants"]
     assert v["lora"]["time_ratio_vs_lora"] == 1.0
     for name in names[1:]:

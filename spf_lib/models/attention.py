@@ -42,6 +42,14 @@ class AttentionStore:
         """Forget one path's maps: their tensors are freed unless autograd still holds them."""
         self.maps.pop(mode, None)
 
+    def narrow(self, n: int) -> None:
+        """Keep the first ``n`` samples of every captured map: the rest of the batch took another loss's path
+        (``spf.preserve_instead``) and must not enter the SFCM or the alignment losses."""
+        for maps in self.maps.values():
+            for name, c in maps.items():
+                maps[name] = Captured(None if c.probs is None else c.probs[:n],
+                                      None if c.query is None else c.query[:n], c.hw)
+
     def __setattr__(self, key, value):
         if key == "mode" and value is not None:
             object.__setattr__(self, "explicit", True)

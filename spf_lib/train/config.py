@@ -75,6 +75,14 @@ class SpfOptions(_Strict):
             object.__setattr__(self, "use_enhanced", False)
         return self
 
+    @model_validator(mode="after")
+    def _instead_leaves_a_response(self) -> SpfOptions:
+        if self.use_preserve and self.preserve_instead and not self.preserve_split and self.preserve_frac >= 1:
+            raise ValueError(f"spf.preserve_frac={self.preserve_frac} with spf.preserve_instead=true leaves no sample "
+                             "for the response path (nothing would learn the target): set spf.preserve_instead=false "
+                             "to run L_preserve beside the response path on every sample")
+        return self
+
     stage1_steps: int | None = Field(
         0, ge=0, description="Optimizer steps of plain LoRA fine-tuning before stage 2; None = half of `steps` "
         "(the paper's v3: fine-tune, then align); default 0 = align from the start (docs/method.md, measured)")
@@ -106,6 +114,11 @@ class SpfOptions(_Strict):
     preserve_frac: float = Field(0.125, gt=0, le=1, description="Cost: share of the samples that also run "
                                  "L_preserve (spread evenly over the run's batches; 1 = every sample, the "
                                  "default until issue 15's fifth round: docs/method.md)")
+    preserve_instead: bool = Field(True, description="Cost: the preserve_frac samples run L_preserve INSTEAD of "
+                                   "the response path, batched into the same two forward passes, so a step costs "
+                                   "what the dual path costs; False = both on them (one more forward and backward "
+                                   "per preserved sample; the default until issue 15's seventh round: "
+                                   "docs/method.md)")
     preserve_uncond_frac: float = Field(0.5, ge=0, le=1, description="Fraction of the L_preserve batch fed the "
                                         "empty prompt (classifier-free guidance's unconditional branch)")
     preserve_prior: int = Field(0, ge=0, le=4096, description="Our addition: L_preserve on this many images the "

@@ -121,11 +121,19 @@ class SpfMethod(PreserveLosses, LoraMethod):
             self.tokens.load_state_dict(mine, "checkpoint")
 
     # -- the two paths ----------------------------------------------------------------------------------------
-    def dual_forward(self, ctx: TrainContext, noisy, t, base_text: list[str], res_text: list[str]):
-        """(ε_ref, ε_res); captured maps land in ``self.store.maps['ref' | 'res']``."""
+    def dual_forward(self, ctx: TrainContext, noisy, t, base_text: list[str], res_text: list[str],
+                     frozen_res: list[str] = (), capture: bool = True):
+        """(ε_ref, ε_res); captured maps land in ``self.store.maps['ref' | 'res']``. The response path reads
+        ``res_text`` through the learned rows, then ``frozen_res`` (texts without the target: L_preserve's samples
+        under ``preserve_instead``) as the original encodes them, in the same batch."""
+        from spf_lib.models.backbone import Conditioning
+
         cond_ref = self.frozen_condition(ctx, list(base_text))  # the original model reads no learned row
-        cond_res = self.condition(ctx, list(res_text))
-        store = self.store
+        parts = [self.condition(ctx, list(res_text))] if len(res_text) else []
+        if len(frozen_res):
+            parts.append(self.frozen_condition(ctx, list(frozen_res)))
+        cond_res = parts[0] if len(parts) == 1 else Conditioning.cat(parts)
+        store = self.store if capture else None
         if store is not None:
             store.clear()
             store.latent_hw = tuple(noisy.shape[-2:])
@@ -157,6 +165,8 @@ class SpfMethod(PreserveLosses, LoraMethod):
         noisy, _noise, t, target = ctx.add_noise(latents)
         n = _micro_batch(batch, step)
         res_idx, pres_idx = self._split(len(t), n)
+        if self._instead():
+            return self.joint_losses(ctx, batch, (noisy, t, target, latents), res_idx, pres_idx, step, n)
         logs: dict[str, float] = {"stage": 2.0}
         total = noisy.new_zeros((), dtype=torch.float32)
         eps_ref = None
@@ -180,7 +190,7 @@ class SpfMethod(PreserveLosses, LoraMethod):
         backward — the default step held twice LoRA's activation memory (docs/method.md); now the response graph
         is freed before the preserve forward runs. Other schedules are a single part."""
         o = self.o
-        if step < o.stage1_steps or not o.use_preserve or o.preserve_split:
+        if step < o.stage1_steps or not o.use_preserve or o.preserve_split or self._instead():
             yield self.compute_loss(ctx, batch, step)
             return
         latents = ctx.encode_images(batch["pixel_values"])
@@ -206,12 +216,48 @@ class SpfMethod(PreserveLosses, LoraMethod):
         every = torch.arange(b)
         if not self.o.use_preserve:
             return every, None
+        if self._instead():
+            r = b - share(self.o.preserve_frac, n * b, b)
+            return (every[:r] if r else None), every[r:]
         if not self.o.preserve_split:
             return every, every[:share(self.o.preserve_frac, n * b, b)]
         if b == 1:
             return (every, None) if n % 2 == 0 else (None, every)
         k = (b + 1) // 2
         return every[:k], every[k:]
+
+    def _instead(self) -> bool:
+        o = self.o
+        return o.use_preserve and o.preserve_instead and not o.preserve_split
+
+    def joint_losses(self, ctx: TrainContext, batch: dict[str, Any], noised, res_idx, pres_idx, step: int, n: int):
+        """``preserve_instead``: the response samples (the batch's first ones) and L_preserve's samples share the
+        two forward passes — the original on base texts (or the empty prompt), the tuned model on captions, then on
+        the preserved samples' base texts — so a step costs what the dual path costs whatever it preserves. The
+        response losses read only their own samples (captured maps narrowed to them); L_preserve is the MSE of the
+        rest, tuned vs original on the same z_t and text."""
+        o = self.o
+        noisy, t, target, latents = noised
+        r = 0 if res_idx is None else res_idx.numel()
+        base = list(batch["base_text"])
+        p_noisy, p_t, p_texts = noisy[r:], t[r:], []
+        if pres_idx.numel():
+            p_noisy, p_t, p_texts = self.preserve_inputs(ctx, noisy[r:], t[r:], base[r:],
+                                                        self._preserved_before(len(t), n))
+        eps_ref, eps_res = self.dual_forward(ctx, torch.cat([noisy[:r], p_noisy]), torch.cat([t[:r], p_t]),
+                                             base[:r] + p_texts, list(batch["caption"][:r]), p_texts, capture=r > 0)
+        logs: dict[str, float] = {"stage": 2.0}
+        total = noisy.new_zeros((), dtype=torch.float32)
+        if r:
+            if self.store is not None:
+                self.store.narrow(r)
+            total, _ = self.response_losses(ctx, _take(batch, res_idx), noisy[:r], t[:r], target[:r], latents[:r],
+                                            logs, self.align_scale(step), paths=(eps_ref[:r], eps_res[:r]))
+        if p_texts:
+            l_pres = torch.nn.functional.mse_loss(eps_res[r:].float(), eps_ref[r:].float())
+            total = total + o.w_preserve * l_pres
+            logs["loss_preserve"] = float(l_pres.detach())
+        return total, logs
 
     def _preserved_before(self, b: int, n: int) -> int:
         """How many samples L_preserve saw before micro-batch ``n`` (what ``_uncond_count`` spreads its share over)."""
@@ -229,11 +275,12 @@ class SpfMethod(PreserveLosses, LoraMethod):
         return min(1.0, (step - (self.o.stage1_steps or 0) + 1) / n)
 
     def response_losses(self, ctx: TrainContext, batch, noisy, t, target, latents, logs: dict[str, float],
-                        align: float = 1.0):
+                        align: float = 1.0, paths=None):
         """The dual path and every SFCM-gated loss on these samples (L_diff, L_text, L_fine, L_out, L_enh), logged
-        into ``logs``; ``align`` scales the alignment losses (``align_scale``); returns (loss, ε_ref)."""
+        into ``logs``; ``align`` scales the alignment losses (``align_scale``); ``paths``: (ε_ref, ε_res) already
+        run (``joint_losses``); returns (loss, ε_ref)."""
         o = self.o
-        eps_ref, eps_res = self.dual_forward(ctx, noisy, t, batch["base_text"], batch["caption"])
+        eps_ref, eps_res = paths or self.dual_forward(ctx, noisy, t, batch["base_text"], batch["caption"])
         l_diff = diffusion_loss(eps_res, target)
         total = o.w_diffusion * l_diff
         logs["loss_diffusion"] = float(l_diff.detach())

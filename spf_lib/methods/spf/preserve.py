@@ -64,11 +64,8 @@ class PreserveLosses:
             store.mode = None  # keep the captured response maps of this step intact
         if self.prior is not None:
             return self.preserve_prior_loss(ctx, len(base_text), first)
-        texts = list(base_text)
+        noisy, t, texts = self.preserve_inputs(ctx, noisy, t, base_text, first)
         k = self._uncond_count(len(texts), first)
-        if k:
-            # classifier-free guidance also runs the empty prompt: an adapter that moves it moves every base prompt
-            texts[-k:] = [""] * k
         cond = self.frozen_condition(ctx, texts)
         if eps_ref is None:  # no response step on these samples (preserve_split): one reference pass for all
             eps_ref = self.reference_eps(ctx, noisy, t, cond)
@@ -78,15 +75,25 @@ class PreserveLosses:
         eps_base = ctx.denoise(noisy, t, cond)
         return torch.nn.functional.mse_loss(eps_base.float(), eps_ref.detach().float())
 
+    def preserve_inputs(self, ctx: TrainContext, noisy, t, base_text: list[str], first: int = 0):
+        """(z_t, t, texts) L_preserve runs on for these samples: their own, or with ``preserve_prior`` as many of
+        the original model's samples (drawn with the run's generator, noised afresh) with their base texts; the
+        empty prompt on its share of them (``_uncond_count``)."""
+        texts = list(base_text)
+        if self.prior is not None:
+            lat_all, texts_all = self.prior
+            idx = torch.randint(0, lat_all.shape[0], (len(texts),), generator=ctx.generator).tolist()
+            texts = [texts_all[i] for i in idx]
+            noisy, _noise, t, _target = ctx.add_noise(lat_all[idx].to(ctx.weight_dtype))
+        k = self._uncond_count(len(texts), first)
+        if k:
+            # classifier-free guidance also runs the empty prompt: an adapter that moves it moves every base prompt
+            texts[-k:] = [""] * k
+        return noisy, t, texts
+
     def preserve_prior_loss(self, ctx: TrainContext, b: int, first: int = 0) -> torch.Tensor:
         """L_preserve on B of the original model's samples (drawn with the run's generator), noised afresh."""
-        lat_all, texts_all = self.prior
-        idx = torch.randint(0, lat_all.shape[0], (b,), generator=ctx.generator).tolist()
-        texts = [texts_all[i] for i in idx]
-        k = self._uncond_count(b, first)
-        if k:
-            texts[-k:] = [""] * k
-        noisy, _noise, t, _target = ctx.add_noise(lat_all[idx].to(ctx.weight_dtype))
+        noisy, t, texts = self.preserve_inputs(ctx, None, None, [""] * b, first)  # b of the prior's samples
         cond = self.frozen_condition(ctx, texts)
         eps_ref = self.reference_eps(ctx, noisy, t, cond)
         eps_base = ctx.denoise(noisy, t, cond)
