@@ -67,3 +67,12 @@ def test_fidelity_frontier_quick_on_toy_models(tmp_path, monkeypatch):
     monkeypatch.setitem(fid.VARIANTS, "spf", ("spf", {"w_out": 0.25}))
     changed = fid.run(opts)
     assert "1 trained now" in " ".join(changed["notes"])
+
+
+def test_every_fidelity_variant_is_a_valid_config():
+    """A variant whose options no longer validate (a default changed under it) fails here, not 30 minutes into a
+    frontier run."""
+    from bench import fidelity as fid
+
+    for name in fid.VARIANTS:
+        assert fid.variant_config(name)["method"] in {"naive", "lora", "spf", "celeb-basis", "beyond-inserting"}
