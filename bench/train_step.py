@@ -306,7 +306,8 @@ def run(options: dict[str, str]) -> dict:
              "batch INSTEAD of the response path, in the same two forward passes = the default preset when no CLIP "
              "is configured (spf-quarter-no-enh: on a quarter); spf-beside-no-enh = the sixth round's default "
              "(L_preserve BESIDE the response path: one more forward/backward per preserved sample); "
-             "spf-run7-no-enh = Run 7's default (no token rows, L_preserve beside on every sample); spf-split-no-enh splits each batch between the response path and L_preserve "
+             "spf-run7-no-enh = Run 7's default (no token rows, L_preserve beside on every sample); "
+             "spf-split-no-enh splits each batch between the response path and L_preserve "
              "(spf.preserve_split); spf = the default preset with the world's CLIP (L_enhanced decodes x̂0 through "
              "the VAE)"),
         ],

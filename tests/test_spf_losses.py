@@ -513,7 +513,8 @@ def test_align_warmup_ramps_only_the_gated_alignment_losses(trainer):
     batch = trainer.source.batch(0)
 
     def parts(update, step):
-        m.o = saved.model_copy(update={"use_enhanced": False, "preserve_frac": 1.0, **update, "preserve_instead": False})
+        m.o = saved.model_copy(update={"use_enhanced": False, "preserve_frac": 1.0, "preserve_instead": False,
+                                       **update})
         torch.manual_seed(7)
         with perturbed_lora(ctx.unet):  # a trained adapter: every alignment loss is > 0
             loss, logs = m.compute_loss(ctx, batch, step)
