@@ -37,7 +37,7 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "naive": ("naive", {}),
     "lora": ("lora", {}),
     "spf": ("spf", {}),
-    "spf split": ("spf", {"preserve_split": True}),
+    "spf split": ("spf", {"preserve_schedule": "split"}),
     "spf w/o SFCM": ("spf", {"use_sfcm": False}),
     "spf w/o L_text": ("spf", {"use_text": False}),
     "spf w/o L_fine": ("spf", {"use_fine": False}),
@@ -49,15 +49,15 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "spf-paper w/o SFCM": ("spf", {"preset": "spf-paper", "use_sfcm": False}),
     "spf lr×1": ("spf", {"lr_scale": 1.0}),  # the default until issue 15's second round: LoRA's lr
     "spf w/o target tokens": ("spf", {"target_tokens": False}),
-    "spf L_preserve on every sample": ("spf", {"preserve_frac": 1.0, "preserve_instead": False}),
+    "spf L_preserve on every sample": ("spf", {"preserve_frac": 1.0, "preserve_schedule": "beside"}),
     # the default until issue 15's seventh round: the preserved eighth runs L_preserve beside the response path
-    "spf L_preserve beside": ("spf", {"preserve_instead": False}),
+    "spf L_preserve beside": ("spf", {"preserve_schedule": "beside"}),
     "spf L_preserve 1/4": ("spf", {"preserve_frac": 0.25}),
     "spf L_preserve 1/2": ("spf", {"preserve_frac": 0.5}),
     # the default's share, all of it on the empty prompt (classifier-free guidance's unconditional branch)
     "spf L_preserve uncond": ("spf", {"preserve_uncond_frac": 1.0}),
     # Run 7's default (issue 15, third session): no target tokens, L_preserve on every sample
-    "spf run 7": ("spf", {"target_tokens": False, "preserve_frac": 1.0, "preserve_instead": False}),
+    "spf run 7": ("spf", {"target_tokens": False, "preserve_frac": 1.0, "preserve_schedule": "beside"}),
     # a control: the target-token rows with LoRA's loss alone (every SPF loss and the SFCM off, LoRA's lr)
     "lora + target tokens": ("spf", {"target_tokens": True, "use_text": False, "use_fine": False, "use_out": False,
                                      "use_enhanced": False, "use_preserve": False, "use_sfcm": False,

@@ -38,11 +38,11 @@ VARIANTS = {
     "spf-quarter-no-enh": {"method": "spf", "spf": {"use_enhanced": False, "preserve_frac": 0.25}},
     # Run 7's default (issue 15, third session): no target-token rows, L_preserve on every sample
     "spf-run7-no-enh": {"method": "spf", "spf": {"use_enhanced": False, "target_tokens": False,
-                                                  "preserve_frac": 1.0, "preserve_instead": False}},
+                                                  "preserve_frac": 1.0, "preserve_schedule": "beside"}},
     # issue 15's sixth-round default: the preserved eighth runs L_preserve BESIDE the response path
-    "spf-beside-no-enh": {"method": "spf", "spf": {"use_enhanced": False, "preserve_instead": False}},
-    # each batch split between the response path and L_preserve (spf.preserve_split)
-    "spf-split-no-enh": {"method": "spf", "spf": {"use_enhanced": False, "preserve_split": True}},
+    "spf-beside-no-enh": {"method": "spf", "spf": {"use_enhanced": False, "preserve_schedule": "beside"}},
+    # each batch split between the response path and L_preserve (spf.preserve_schedule=split)
+    "spf-split-no-enh": {"method": "spf", "spf": {"use_enhanced": False, "preserve_schedule": "split"}},
     # the default preset with the world's CLIP configured (tiny only: L_enh decodes x̂0 for every sample)
     "spf": {"method": "spf", "spf": {"enh_max_timestep": 1000}, "clip": True},
 }
@@ -206,8 +206,9 @@ def share_period(variant: str, batch: int) -> int:
     if v["method"] != "spf":
         return 1
     o = SpfOptions(**{"image_embedder": "x" if v.get("clip") else None, **v.get("spf", {})})
-    if not o.use_preserve or o.preserve_split:
-        return 1 if not o.preserve_split or batch > 1 else 2
+    split = o.preserve_schedule == "split"
+    if not o.use_preserve or split:
+        return 1 if not split or batch > 1 else 2
     per_step = Fraction(o.preserve_frac).limit_denominator(1024) * batch
     uncond = per_step * Fraction(o.preserve_uncond_frac).limit_denominator(1024)
     return lcm(per_step.denominator, uncond.denominator)
@@ -308,7 +309,7 @@ def run(options: dict[str, str]) -> dict:
              "(L_preserve BESIDE the response path: one more forward/backward per preserved sample); "
              "spf-run7-no-enh = Run 7's default (no token rows, L_preserve beside on every sample); "
              "spf-split-no-enh splits each batch between the response path and L_preserve "
-             "(spf.preserve_split); spf = the default preset with the world's CLIP (L_enhanced decodes x̂0 through "
+             "(spf.preserve_schedule=split); spf = the default preset with the world's CLIP (L_enhanced decodes x̂0 through "
              "the VAE)"),
         ],
     }

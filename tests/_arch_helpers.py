@@ -21,7 +21,7 @@ def arch_trainer(pipe, tmp: Path, method: str, **kw):
               "batch_size": 1, "device": "cpu", "validation": {"enabled": False}}
     values.update(kw)
     # L_preserve beside the response path on every sample: the step exercises every loss on the real architecture
-    values["spf"] = {"stage1_steps": 0, "preserve_frac": 1.0, "preserve_instead": False, **kw.get("spf", {})}
+    values["spf"] = {"stage1_steps": 0, "preserve_frac": 1.0, "preserve_schedule": "beside", **kw.get("spf", {})}
     cfg = TrainConfig.build("test", **values)
     return Trainer(cfg, pipe=pipe)
 

@@ -463,7 +463,7 @@ def test_preserve_split_runs_each_sample_through_one_path(trainer):
     calls = []
     hook = ctx.unet.register_forward_pre_hook(lambda mod, args: calls.append(args[0].shape[0]))
     try:
-        m.o = saved.model_copy(update={"preserve_split": True, "use_enhanced": False})
+        m.o = saved.model_copy(update={"preserve_schedule": "split", "use_enhanced": False})
         assert [x.tolist() for x in m._split(4, 0)] == [[0, 1], [2, 3]]
         batch = trainer.source.batch(0)                                # batch 1: alternates by step
         _, logs0 = m.compute_loss(ctx, batch, 0)
@@ -471,8 +471,8 @@ def test_preserve_split_runs_each_sample_through_one_path(trainer):
         _, logs1 = m.compute_loss(ctx, trainer.source.batch(1), 1)
         assert "loss_diffusion" in logs0 and "loss_preserve" not in logs0 and n0 == 2      # reference + response
         assert "loss_preserve" in logs1 and "loss_diffusion" not in logs1 and len(calls) - n0 == 2
-        m.o = saved.model_copy(update={"preserve_split": False, "use_enhanced": False, "preserve_uncond_frac": 0.0,
-                                       "preserve_frac": 1.0, "preserve_instead": False})
+        m.o = saved.model_copy(update={"use_enhanced": False, "preserve_uncond_frac": 0.0, "preserve_frac": 1.0,
+                                       "preserve_schedule": "beside"})
         calls.clear()
         _, logs = m.compute_loss(ctx, batch, 0)
         assert {"loss_diffusion", "loss_preserve"} <= logs.keys() and len(calls) == 3  # + the base-text tuned pass
@@ -491,12 +491,12 @@ def test_preserve_frac_runs_l_preserve_on_that_share_of_each_batch(trainer):
     m.preserve_loss = lambda c, noisy, t, texts, eps_ref=None, first=0: sizes.append(
         (len(texts), eps_ref.shape[0], first)) or real(c, noisy, t, texts, eps_ref, first)
     try:
-        m.o = saved.model_copy(update={"preserve_frac": 0.25, "use_enhanced": False, "preserve_instead": False})
+        m.o = saved.model_copy(update={"preserve_frac": 0.25, "use_enhanced": False, "preserve_schedule": "beside"})
         assert [m._split(8, n)[1].tolist() for n in range(2)] == [[0, 1], [0, 1]]
-        m.o = saved.model_copy(update={"preserve_frac": 0.125, "use_enhanced": False, "preserve_instead": False})
+        m.o = saved.model_copy(update={"preserve_frac": 0.125, "use_enhanced": False, "preserve_schedule": "beside"})
         counts = [m._split(2, n)[1].numel() for n in range(400)]
         assert set(counts) == {0, 1} and sum(counts) == 100  # 1/8 of the samples, exactly
-        m.o = saved.model_copy(update={"preserve_frac": 0.5, "use_enhanced": False, "preserve_instead": False})
+        m.o = saved.model_copy(update={"preserve_frac": 0.5, "use_enhanced": False, "preserve_schedule": "beside"})
         batch = trainer.source.batch(0)  # batch 1: L_preserve on every other step
         parts = [len(list(m.loss_chunks(ctx, {**batch, "micro_batch": n}, 5))) for n in range(8)]
         assert parts == [2, 1] * 4 and sizes == [(1, 1, i) for i in range(4)]
@@ -513,7 +513,7 @@ def test_align_warmup_ramps_only_the_gated_alignment_losses(trainer):
     batch = trainer.source.batch(0)
 
     def parts(update, step):
-        m.o = saved.model_copy(update={"use_enhanced": False, "preserve_frac": 1.0, "preserve_instead": False,
+        m.o = saved.model_copy(update={"use_enhanced": False, "preserve_frac": 1.0, "preserve_schedule": "beside",
                                        **update})
         torch.manual_seed(7)
         with perturbed_lora(ctx.unet):  # a trained adapter: every alignment loss is > 0
@@ -558,7 +558,7 @@ def test_loss_chunks_give_compute_losss_value_and_gradients(trainer):
         return value, logs, [p.grad.clone() for p in params], n
 
     try:
-        m.o = saved.model_copy(update={"use_enhanced": False, "preserve_frac": 1.0, "preserve_instead": False})
+        m.o = saved.model_copy(update={"use_enhanced": False, "preserve_frac": 1.0, "preserve_schedule": "beside"})
         torch.manual_seed(3)
         with perturbed_lora(ctx.unet):
             v1, logs1, g1, _ = run(False)
@@ -568,14 +568,14 @@ def test_loss_chunks_give_compute_losss_value_and_gradients(trainer):
         assert logs2["loss_preserve"] == pytest.approx(logs1["loss_preserve"], rel=1e-5)
         assert all(torch.allclose(a, b, rtol=1e-4, atol=1e-7) for a, b in zip(g1, g2))
         # a share of the batch: the same samples preserved in both, the same sum
-        m.o = saved.model_copy(update={"use_enhanced": False, "preserve_frac": 0.5, "preserve_instead": False})
+        m.o = saved.model_copy(update={"use_enhanced": False, "preserve_frac": 0.5, "preserve_schedule": "beside"})
         with perturbed_lora(ctx.unet):
             v1, logs1, g1, _ = run(False)
             v2, logs2, g2, n = run(True)
         assert n == 1 + ("loss_preserve" in logs1) and ("loss_preserve" in logs1) == ("loss_preserve" in logs2)
         assert v2 == pytest.approx(v1, rel=1e-5)
         assert any(float(a.abs().sum()) > 0 for a in g1)
-        m.o = saved.model_copy(update={"use_enhanced": False, "preserve_split": True})
+        m.o = saved.model_copy(update={"use_enhanced": False, "preserve_schedule": "split"})
         assert len(list(m.loss_chunks(ctx, batch, 0))) == 1  # split: one part, as before
     finally:
         m.o = saved
@@ -674,12 +674,73 @@ def test_preserve_instead_shares_the_dual_paths_forward_passes(trainer):
         m.o = saved
 
 
-def test_preserve_instead_needs_a_response_sample():
+def test_preserve_instead_reads_the_original_models_samples_with_preserve_prior(trainer):
+    """With preserve_prior, an instead step's preserved sample is one of the original model's own samples (drawn
+    with the run's generator, noised afresh) with its base text — not the batch's image — still inside the dual
+    path's two passes; the response losses stay those of the response sample alone."""
+    from spf_lib.methods.spf.method import _take
+
+    ctx, m = trainer.ctx, trainer.method
+    saved, saved_prior = m.o, m.prior
+    batch = _pair(trainer)
+    calls = []
+    hook = ctx.unet.register_forward_pre_hook(lambda mod, args: calls.append(args[0].shape[0]))
+    try:
+        with torch.no_grad():
+            lat = ctx.encode_images(batch["pixel_values"])
+        texts = ["a photo of a man", "a photo of a woman"]
+        m.prior = (torch.randn(lat.shape, generator=torch.Generator().manual_seed(3)) * 3, texts)
+        m.o = saved.model_copy(update={"use_enhanced": False, "preserve_frac": 0.5, "preserve_uncond_frac": 0.0,
+                                       "preserve_prior": 2})
+        with perturbed_lora(ctx.unet):
+            ctx.generator.manual_seed(11)
+            _, logs = m.compute_loss(ctx, batch, 0)
+            assert calls == [2, 2]
+            ctx.generator.manual_seed(11)
+            lat = ctx.encode_images(batch["pixel_values"])
+            noisy, _, t, target = ctx.add_noise(lat)
+            i = torch.randint(0, 2, (1,), generator=ctx.generator).tolist()
+            p_noisy, _, p_t, _ = ctx.add_noise(m.prior[0][i])
+            alone: dict = {}
+            m.response_losses(ctx, _take(batch, torch.tensor([0])), noisy[:1], t[:1], target[:1], lat[:1], alone)
+            cond = ctx.condition([texts[i[0]]])
+            with torch.no_grad():
+                want = float(torch.nn.functional.mse_loss(ctx.denoise(p_noisy, p_t, cond),
+                                                          m.reference_eps(ctx, p_noisy, p_t, cond)))
+                own = ctx.condition([batch["base_text"][1]])
+                on_batch = float(torch.nn.functional.mse_loss(ctx.denoise(noisy[1:], t[1:], own),
+                                                              m.reference_eps(ctx, noisy[1:], t[1:], own)))
+        assert want > 0 and logs["loss_preserve"] == pytest.approx(want, rel=1e-4)
+        assert logs["loss_preserve"] != pytest.approx(on_batch, rel=1e-2)  # not the batch's own sample
+        for k in ("loss_diffusion", "loss_text", "loss_fine", "loss_out"):
+            assert logs[k] == pytest.approx(alone[k], rel=1e-4), k
+    finally:
+        hook.remove()
+        m.o, m.prior = saved, saved_prior
+
+
+def test_preserve_schedule_instead_needs_a_response_sample():
     from pydantic import ValidationError
 
     from spf_lib.train.config import SpfOptions
 
-    with pytest.raises(ValidationError, match="preserve_instead"):
+    with pytest.raises(ValidationError, match="preserve_schedule='instead'"):
         SpfOptions(preserve_frac=1.0)
-    assert SpfOptions(preserve_frac=1.0, preserve_instead=False).preserve_frac == 1.0
+    assert SpfOptions(preserve_frac=1.0, preserve_schedule="beside").preserve_frac == 1.0
     assert SpfOptions(preserve_frac=1.0, use_preserve=False).use_preserve is False
+
+
+def test_configs_written_with_the_older_preserve_flags_read_as_their_schedule():
+    """Run configs in MLflow, checkpoints and saved adapters before preserve_schedule carried two booleans."""
+    from pydantic import ValidationError
+
+    from spf_lib.train.config import SpfOptions
+
+    assert SpfOptions(preserve_instead=False).preserve_schedule == "beside"
+    assert SpfOptions(preserve_instead=True, preserve_split=False).preserve_schedule == "instead"
+    assert SpfOptions(preserve_split=True, preserve_instead=False).preserve_schedule == "split"
+    assert "preserve_instead" not in SpfOptions(preserve_instead=False).model_dump()
+    with pytest.raises(ValidationError, match="contradicts"):
+        SpfOptions(preserve_split=True, preserve_schedule="instead")
+    with pytest.raises(ValidationError, match="preserve_schedule"):
+        SpfOptions(preserve_schedule="sometimes")

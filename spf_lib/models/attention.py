@@ -44,7 +44,7 @@ class AttentionStore:
 
     def narrow(self, n: int) -> None:
         """Keep the first ``n`` samples of every captured map: the rest of the batch took another loss's path
-        (``spf.preserve_instead``) and must not enter the SFCM or the alignment losses."""
+        (``spf.preserve_schedule='instead'``) and must not enter the SFCM or the alignment losses."""
         for maps in self.maps.values():
             for name, c in maps.items():
                 maps[name] = Captured(None if c.probs is None else c.probs[:n],

@@ -75,12 +75,29 @@ class SpfOptions(_Strict):
             object.__setattr__(self, "use_enhanced", False)
         return self
 
+    @model_validator(mode="before")
+    @classmethod
+    def _legacy_preserve_flags(cls, data: Any) -> Any:
+        # configs written before preserve_schedule (run configs in MLflow, checkpoints, saved adapters) named the
+        # schedule with two booleans: read them as the schedule they meant, and refuse a contradiction
+        if not isinstance(data, dict) or not {"preserve_split", "preserve_instead"} & set(data):
+            return data
+        data = dict(data)
+        split, instead = data.pop("preserve_split", False), data.pop("preserve_instead", True)
+        meant = "split" if split else "instead" if instead else "beside"
+        if data.setdefault("preserve_schedule", meant) != meant:
+            raise ValueError(f"spf.preserve_schedule={data['preserve_schedule']!r} contradicts the older "
+                             f"spf.preserve_split={split!r} / spf.preserve_instead={instead!r} (= {meant!r}): "
+                             "give preserve_schedule alone")
+        return data
+
     @model_validator(mode="after")
     def _instead_leaves_a_response(self) -> SpfOptions:
-        if self.use_preserve and self.preserve_instead and not self.preserve_split and self.preserve_frac >= 1:
-            raise ValueError(f"spf.preserve_frac={self.preserve_frac} with spf.preserve_instead=true leaves no sample "
-                             "for the response path (nothing would learn the target): set spf.preserve_instead=false "
-                             "to run L_preserve beside the response path on every sample")
+        if self.use_preserve and self.preserve_schedule == "instead" and self.preserve_frac >= 1:
+            raise ValueError(f"spf.preserve_frac={self.preserve_frac} with spf.preserve_schedule='instead' leaves no "
+                             "sample for the response path (nothing would learn the target): set "
+                             "spf.preserve_schedule='beside' to run L_preserve beside the response path on every "
+                             "sample")
         return self
 
     stage1_steps: int | None = Field(
@@ -108,17 +125,16 @@ class SpfOptions(_Strict):
                                "(docs/method.md, measured in the small world)")
     w_preserve: float = Field(5.0, ge=0, description="λ for L_preserve")
     preserve_in_stage1: bool = Field(True, description="Apply L_preserve during stage 1 too (docs/method.md)")
-    preserve_split: bool = Field(False, description="Cost: run the response path (dual path + gated losses) on the "
-                                 "first half of each batch and L_preserve on the second half, instead of both on "
-                                 "every sample (docs/method.md)")
-    preserve_frac: float = Field(0.125, gt=0, le=1, description="Cost: share of the samples that also run "
-                                 "L_preserve (spread evenly over the run's batches; 1 = every sample, the "
-                                 "default until issue 15's fifth round: docs/method.md)")
-    preserve_instead: bool = Field(True, description="Cost: the preserve_frac samples run L_preserve INSTEAD of "
-                                   "the response path, batched into the same two forward passes, so a step costs "
-                                   "what the dual path costs; False = both on them (one more forward and backward "
-                                   "per preserved sample; the default until issue 15's seventh round: "
-                                   "docs/method.md)")
+    preserve_schedule: Literal["instead", "beside", "split"] = Field(
+        "instead", description="Cost: which samples L_preserve runs on, and how. instead = the preserve_frac share of "
+        "the samples runs L_preserve INSTEAD of the response path, batched into the dual path's two forward passes "
+        "(a step costs what the dual path costs; the default since issue 15's seventh round); beside = on that share "
+        "BESIDE the response path (one more forward and backward per preserved sample); split = the first half of "
+        "each batch takes the response path, the rest L_preserve (preserve_frac unused) — docs/method.md")
+    preserve_frac: float = Field(0.125, gt=0, le=1, description="Cost: share of the samples that run "
+                                 "L_preserve under preserve_schedule instead | beside (spread evenly over the run's "
+                                 "batches; 1 = every sample, the default until issue 15's fifth round: "
+                                 "docs/method.md)")
     preserve_uncond_frac: float = Field(0.5, ge=0, le=1, description="Fraction of the L_preserve batch fed the "
                                         "empty prompt (classifier-free guidance's unconditional branch)")
     preserve_prior: int = Field(0, ge=0, le=4096, description="Our addition: L_preserve on this many images the "

@@ -15,6 +15,7 @@ import torch
 from spf_lib.methods.base import TrainContext, diffusion_loss
 from spf_lib.methods.lora.method import LoraMethod
 from spf_lib.methods.spf import losses as L
+from spf_lib.methods.spf.alignment import AlignmentLosses
 from spf_lib.methods.spf.preserve import PreserveLosses, share
 
 log = logging.getLogger(__name__)
@@ -22,7 +23,7 @@ TOKENS_PREFIX = "target_tokens."  # their keys in the training checkpoint, besid
 FROZEN_CACHE_BYTES = 256 * 2**20  # ``frozen_condition``'s bound (SD 1.5: ~1100 texts; SD3 with T5: ~50)
 
 
-class SpfMethod(PreserveLosses, LoraMethod):
+class SpfMethod(AlignmentLosses, PreserveLosses, LoraMethod):
     name = "spf"
 
     def __init__(self, cfg) -> None:
@@ -125,7 +126,7 @@ class SpfMethod(PreserveLosses, LoraMethod):
                      frozen_res: list[str] = (), capture: bool = True):
         """(ε_ref, ε_res); captured maps land in ``self.store.maps['ref' | 'res']``. The response path reads
         ``res_text`` through the learned rows, then ``frozen_res`` (texts without the target: L_preserve's samples
-        under ``preserve_instead``) as the original encodes them, in the same batch."""
+        under ``preserve_schedule='instead'``) as the original encodes them, in the same batch."""
         from spf_lib.models.backbone import Conditioning
 
         cond_ref = self.frozen_condition(ctx, list(base_text))  # the original model reads no learned row
@@ -165,7 +166,7 @@ class SpfMethod(PreserveLosses, LoraMethod):
         noisy, _noise, t, target = ctx.add_noise(latents)
         n = _micro_batch(batch, step)
         res_idx, pres_idx = self._split(len(t), n)
-        if self._instead():
+        if self._schedule() == "instead":
             return self.joint_losses(ctx, batch, (noisy, t, target, latents), res_idx, pres_idx, step, n)
         logs: dict[str, float] = {"stage": 2.0}
         total = noisy.new_zeros((), dtype=torch.float32)
@@ -178,7 +179,7 @@ class SpfMethod(PreserveLosses, LoraMethod):
             # unsplit: samples of the response step, so its reference ε (base text, same z_t) is reused
             l_pres = self.preserve_loss(ctx, noisy[pres_idx], t[pres_idx],
                                         [batch["base_text"][i] for i in pres_idx.tolist()],
-                                        None if o.preserve_split else eps_ref[pres_idx],
+                                        None if o.preserve_schedule == "split" else eps_ref[pres_idx],
                                         first=self._preserved_before(len(t), n))
             total = total + o.w_preserve * l_pres
             logs["loss_preserve"] = float(l_pres.detach())
@@ -190,7 +191,7 @@ class SpfMethod(PreserveLosses, LoraMethod):
         backward — the default step held twice LoRA's activation memory (docs/method.md); now the response graph
         is freed before the preserve forward runs. Other schedules are a single part."""
         o = self.o
-        if step < o.stage1_steps or not o.use_preserve or o.preserve_split or self._instead():
+        if step < o.stage1_steps or self._schedule() != "beside":
             yield self.compute_loss(ctx, batch, step)
             return
         latents = ctx.encode_images(batch["pixel_values"])
@@ -208,34 +209,36 @@ class SpfMethod(PreserveLosses, LoraMethod):
         yield o.w_preserve * l_pres, {"loss_preserve": float(l_pres.detach())}
 
     def _split(self, b: int, n: int):
-        """(response indices, preserve indices) of micro-batch ``n`` (of size ``b``). Default: the response path on
-        every sample, L_preserve on the first ``preserve_frac`` of them (a batch is shuffled), reusing the response
-        step's reference ε; the count is the share of the run's samples that falls in this batch (``share``: a
-        batch of 2 at 1/8 preserves one sample every fourth step). ``preserve_split``: the first half of the batch
-        takes the response path, the rest L_preserve; a batch of one alternates."""
+        """(response indices, preserve indices) of micro-batch ``n`` (of size ``b``) under ``preserve_schedule``. The
+        preserved count is the share ``preserve_frac`` of the run's samples that falls in this batch (``share``: a
+        batch of 2 at 1/8 preserves one sample every fourth step). ``instead``: the batch's last that many samples
+        take L_preserve and not the response path (a batch is shuffled). ``beside``: the response path on every
+        sample, L_preserve also on the first that many, reusing the response step's reference ε. ``split``: the
+        first half of the batch takes the response path, the rest L_preserve; a batch of one alternates."""
         every = torch.arange(b)
         if not self.o.use_preserve:
             return every, None
-        if self._instead():
+        if self._schedule() == "instead":
             r = b - share(self.o.preserve_frac, n * b, b)
             return (every[:r] if r else None), every[r:]
-        if not self.o.preserve_split:
+        if self._schedule() == "beside":
             return every, every[:share(self.o.preserve_frac, n * b, b)]
         if b == 1:
             return (every, None) if n % 2 == 0 else (None, every)
         k = (b + 1) // 2
         return every[:k], every[k:]
 
-    def _instead(self) -> bool:
-        o = self.o
-        return o.use_preserve and o.preserve_instead and not o.preserve_split
+    def _schedule(self) -> str | None:
+        """``spf.preserve_schedule``, None when L_preserve is off."""
+        return self.o.preserve_schedule if self.o.use_preserve else None
 
     def joint_losses(self, ctx: TrainContext, batch: dict[str, Any], noised, res_idx, pres_idx, step: int, n: int):
-        """``preserve_instead``: the response samples (the batch's first ones) and L_preserve's samples share the
-        two forward passes — the original on base texts (or the empty prompt), the tuned model on captions, then on
-        the preserved samples' base texts — so a step costs what the dual path costs whatever it preserves. The
-        response losses read only their own samples (captured maps narrowed to them); L_preserve is the MSE of the
-        rest, tuned vs original on the same z_t and text."""
+        """``preserve_schedule='instead'``: the response samples (the batch's first ones) and L_preserve's samples
+        share the two forward passes — the original on base texts (or the empty prompt), the tuned model on
+        captions, then on the preserved samples' base texts — so a step costs what the dual path costs whatever it
+        preserves. The response losses read only their own samples (captured maps narrowed to them); L_preserve is
+        the MSE of the rest, tuned vs original on the same z_t and text.
+        """
         o = self.o
         noisy, t, target, latents = noised
         r = 0 if res_idx is None else res_idx.numel()
@@ -261,7 +264,7 @@ class SpfMethod(PreserveLosses, LoraMethod):
 
     def _preserved_before(self, b: int, n: int) -> int:
         """How many samples L_preserve saw before micro-batch ``n`` (what ``_uncond_count`` spreads its share over)."""
-        if not self.o.preserve_split:
+        if self.o.preserve_schedule != "split":
             return share(self.o.preserve_frac, 0, n * b)
         return n * (b - (b + 1) // 2) if b > 1 else n // 2
 
@@ -323,91 +326,6 @@ class SpfMethod(PreserveLosses, LoraMethod):
                                     first=_micro_batch(batch, 0) * len(t))
         return o.w_diffusion * l_diff + o.w_preserve * l_pres, {
             "loss_diffusion": float(l_diff.detach()), "loss_preserve": float(l_pres.detach()), "stage": 1.0}
-
-    # -- SFCM and the losses ------------------------------------------------------------------------------------
-    def phrase_distances(self, ctx: TrainContext, phrases: list[str], target: str | None) -> torch.Tensor:
-        """D_p = 1 − cos(pooled text embedding of p, of the target), from the base model's own text encoder."""
-        if self.o.sfcm_phrase_weighting == "uniform" or not target:
-            return torch.ones(len(phrases))
-        missing = [s for s in phrases + [target] if s not in self._text_emb]
-        if missing:
-            pooled = ctx.backbone.pooled_text(missing, device=ctx.device).float().cpu()
-            self._text_emb.update(zip(missing, pooled))
-        tgt = self._text_emb[target]
-        return torch.stack([1 - torch.nn.functional.cosine_similarity(self._text_emb[p], tgt, dim=0)
-                            for p in phrases]) if phrases else torch.zeros(0)
-
-    def control_map(self, ctx: TrainContext, batch, eps_res, eps_ref) -> L.ControlMap:
-        """The SFCM (``L.ControlMap``: M in [0, 1] at any layer resolution); M ≡ 0 when switched off (align
-        everywhere)."""
-        h, w = eps_res.shape[-2:]
-        b = eps_res.shape[0]
-        dev = eps_res.device
-        if not self.o.use_sfcm:
-            return L.ControlMap.off(b, h, w, dev)
-        ref = self.store.maps.get("ref", {})
-        p_max = max(1, max(len(p) for p in batch["base_phrases"]))
-        # token weights (B, P, T): 1/len on each phrase's tokens, so one einsum per layer averages them
-        tok_w = torch.zeros(b, p_max, self.mapper.max_len)
-        weights = torch.zeros(b, p_max)
-        for i in range(b):
-            phrases = batch["base_phrases"][i]
-            dist = self.phrase_distances(ctx, phrases, batch["target_phrase"][i])
-            for k, phrase in enumerate(phrases):
-                pos = self.mapper.phrase_positions(batch["base_text"][i], phrase)
-                if pos:
-                    tok_w[i, k, pos] = 1.0 / len(pos)
-                    weights[i, k] = dist[k]
-        maps = L.phrase_maps([(c.probs.detach(), c.hw) for c in ref.values()], tok_w.to(dev), (h, w))
-        o = self.o
-        return L.ControlMap(L.noise_difference(eps_res, eps_ref), maps, weights.to(dev), norm=o.sfcm_norm,
-                            pool=o.sfcm_gate_pool, quantile=o.sfcm_quantile, blur=o.sfcm_blur,
-                            z=(o.sfcm_z_low, o.sfcm_z_high))
-
-    def text_loss(self, batch, mask) -> torch.Tensor:
-        ref, res = self.store.maps["ref"], self.store.maps["res"]
-        pairs = [self.mapper.index_map(bt, rt, self.o.text_include_special)
-                 for bt, rt in zip(batch["base_text"], batch["caption"])]
-        k = max(len(p[0]) for p in pairs)
-        dev = mask.device
-        idx_ref = torch.zeros(len(pairs), k, dtype=torch.long, device=dev)
-        idx_res = torch.zeros_like(idx_ref)
-        valid = torch.zeros(len(pairs), k, dtype=torch.bool, device=dev)
-        for i, (a, r) in enumerate(pairs):
-            idx_ref[i, :len(a)] = torch.tensor(a)
-            idx_res[i, :len(r)] = torch.tensor(r)
-            valid[i, :len(a)] = True
-        pool = self.o.sfcm_gate_pool
-        terms = [L.text_consistent_loss(res[n].probs, c.probs, idx_res, idx_ref, valid, L.gate_for(mask, c.hw, pool))
-                 for n, c in ref.items()]
-        return torch.stack(terms).mean()
-
-    def fine_loss(self, mask) -> torch.Tensor:
-        ref, res = self.store.maps["ref"], self.store.maps["res"]
-        return torch.stack([L.fine_grained_loss(res[n].query, c.query, L.gate_for(mask, c.hw, self.o.sfcm_gate_pool))
-                            for n, c in ref.items()]).mean()
-
-    def enhanced(self, ctx: TrainContext, batch, noisy, t, latents, eps_res, eps_ref) -> torch.Tensor:
-        """L_enh on the samples whose timestep passes ``enh_max_timestep`` only: the VAE decode (and its backward)
-        of the others would be wasted, their one-step x̂0 is mostly noise."""
-        keep = (t < self.o.enh_max_timestep).nonzero().flatten()
-        if keep.numel() == 0:
-            return eps_res.sum() * 0.0
-        emb = self.embedder
-        noisy_k, t_k = noisy[keep], t[keep]
-        x0_res = ctx.predict_x0(noisy_k, eps_res[keep], t_k)
-        with torch.no_grad():
-            x0_ref = ctx.predict_x0(noisy_k, eps_ref[keep], t_k)
-            e_ref = emb.embed_latents(x0_ref, ctx.vae)
-            if self.enh_direction == "text":
-                idx = keep.tolist()
-                direction = emb.text_direction([batch["base_text"][i] for i in idx], [batch["caption"][i] for i in idx])
-            else:
-                e_gt = emb.embed_pixels(batch["pixel_values"][keep], ctx.vae, latents=latents[keep])
-                direction = e_gt - e_ref
-        e_res = emb.embed_latents(x0_res, ctx.vae)
-        valid = torch.ones(keep.numel(), dtype=torch.bool, device=e_res.device)
-        return L.enhanced_loss(e_res, e_ref, direction, valid)
 
     def save_adapter(self, ctx: TrainContext, out_dir):
         info = super().save_adapter(ctx, out_dir)

@@ -67,7 +67,7 @@ class PreserveLosses:
         noisy, t, texts = self.preserve_inputs(ctx, noisy, t, base_text, first)
         k = self._uncond_count(len(texts), first)
         cond = self.frozen_condition(ctx, texts)
-        if eps_ref is None:  # no response step on these samples (preserve_split): one reference pass for all
+        if eps_ref is None:  # no response step on these samples (preserve_schedule split): one reference pass for all
             eps_ref = self.reference_eps(ctx, noisy, t, cond)
         elif k:
             eps_u = self.reference_eps(ctx, noisy[-k:], t[-k:], cond[-k:])
