@@ -18,11 +18,12 @@ setup-system:
 demo: setup
 	$(VENV)/bin/spf demo
 
-# TEST_WORKERS: pytest processes (pytest-xdist); whole test files go to one process, longest first (tests/conftest.py)
+# TEST_WORKERS: pytest processes (pytest-xdist); whole test files go to one process, longest first, the published
+# architectures' files to the same one (tests/conftest.py)
 TEST_WORKERS ?= 2
 
 test: setup setup-system
-	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder
 
 test-fast: setup
 	$(PY) -m pytest -q -m "not slow and not integration and not arch"

@@ -73,21 +73,36 @@ def tiny_model_dir(tmp_path_factory):
     return save_tiny_pipeline(tmp_path_factory.mktemp("models") / "tiny-sd")
 
 
-# The longest test files on the 2-core CI machine (pytest --durations, whole file), longest first. `make test` runs two
-# pytest-xdist processes that take whole files in collection order: with these first, both processes start on long
-# files and the short ones fill in around them, instead of one process finishing the suite alone on a long file that
-# happened to be collected last. Order only; a file missing here runs after these, in its usual place.
+# `make test` runs two pytest-xdist processes (--dist loadgroup). Each takes whole groups in collection order: a group
+# is a test file (its module fixtures are set up once), except that the published-architecture files (marker arch:
+# GBs of RAM and long matrix products each) form one group, so two of them never run side by side. The longest groups
+# on the 2-core CI machine (pytest --durations) come first: both processes start on long ones and the short files
+# fill in around them, instead of one process finishing the suite alone on a long file collected last. A file not
+# listed runs after these, in its usual place.
 LONGEST_FIRST = (
     "test_pipeline_local.py",
     "test_readme_commands.py",
+    "test_arch_sd15.py",
     "test_registry_faults.py",
     "test_pipeline_mlflow.py",
     "test_train_bench.py",
-    "test_arch_sd3.py",
-    "test_arch_sdxl.py",
 )
 
+# Two processes on a machine's cores: each gets its share of compute threads (and so do the processes it starts),
+# or each one's OpenMP threads spin-wait on cores the other needs (an SDXL test took 126 s beside another process,
+# 8 s without one).
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _WORKERS > 1:
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // _WORKERS)))
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the group marks
 def pytest_collection_modifyitems(config, items):
     rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
-    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: files stay whole and in order
+    arch_files = {item.path.name for item in items if item.get_closest_marker("arch")}
+    items.sort(key=lambda item: (rank.get("test_arch_sd15.py" if item.path.name in arch_files else item.path.name,
+                                          len(rank))))  # stable: files stay whole and in order
+    for item in items:
+        item.add_marker(pytest.mark.xdist_group("arch" if item.path.name in arch_files else item.path.name))
