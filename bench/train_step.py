@@ -309,8 +309,8 @@ def run(options: dict[str, str]) -> dict:
              "(L_preserve BESIDE the response path: one more forward/backward per preserved sample); "
              "spf-run7-no-enh = Run 7's default (no token rows, L_preserve beside on every sample); "
              "spf-split-no-enh splits each batch between the response path and L_preserve "
-             "(spf.preserve_schedule=split); spf = the default preset with the world's CLIP (L_enhanced decodes x̂0 through "
-             "the VAE)"),
+             "(spf.preserve_schedule=split); spf = the default preset with the world's CLIP (L_enhanced decodes "
+             "x̂0 through the VAE)"),
         ],
     }
 
