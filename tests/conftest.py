@@ -41,28 +41,16 @@ def _isolated_home(tmp_path, monkeypatch):
     _restore_mlflow_state(saved)
 
 
-def _mlflow_state() -> tuple[dict, tuple]:
-    env = {k: os.environ.get(k) for k in MLFLOW_VARS}
-    if "mlflow" not in sys.modules:
-        return env, (None, None)
-    from mlflow.tracking._model_registry import utils as reg
-    from mlflow.tracking._tracking_service import utils as trk
+def _mlflow_state() -> tuple:
+    from spf_lib.registry.session import mlflow_state
 
-    return env, (trk._tracking_uri, reg._registry_uri)
+    return mlflow_state(MLFLOW_VARS)
 
 
-def _restore_mlflow_state(saved: tuple[dict, tuple]) -> None:
-    env, uris = saved
-    for k, v in env.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
-    if "mlflow" in sys.modules:
-        from mlflow.tracking._model_registry import utils as reg
-        from mlflow.tracking._tracking_service import utils as trk
+def _restore_mlflow_state(saved: tuple) -> None:
+    from spf_lib.registry.session import restore_mlflow_state
 
-        trk._tracking_uri, reg._registry_uri = uris
+    restore_mlflow_state(saved)
 
 
 @pytest.fixture(scope="session")

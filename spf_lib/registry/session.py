@@ -134,13 +134,10 @@ def mlflow_session(settings: Settings | None = None) -> Iterator[Settings]:
     quiet_third_parties()
     settings = settings or Settings.from_env()
     import mlflow
-    from mlflow.tracking._model_registry import utils as reg_utils
-    from mlflow.tracking._tracking_service import utils as trk_utils
 
     if settings.tracking_uri.startswith("sqlite:"):
         settings.home.mkdir(parents=True, exist_ok=True)
-    saved_env = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", *_HTTP_DEFAULTS)}
-    saved_globals = (trk_utils._tracking_uri, reg_utils._registry_uri)
+    saved = mlflow_state(("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", *_HTTP_DEFAULTS))
     for k, v in _HTTP_DEFAULTS.items():
         os.environ.setdefault(k, v)
     try:
@@ -148,12 +145,39 @@ def mlflow_session(settings: Settings | None = None) -> Iterator[Settings]:
         mlflow.set_registry_uri(settings.registry_uri or settings.tracking_uri)
         yield settings
     finally:
-        trk_utils._tracking_uri, reg_utils._registry_uri = saved_globals
-        for k, v in saved_env.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+        restore_mlflow_state(saved)
+
+
+def mlflow_state(env_keys: tuple[str, ...]) -> tuple[dict[str, str | None], tuple]:
+    """The caller's MLflow targets: ``env_keys`` of ``os.environ`` and MLflow's tracking/registry URI globals —
+    ``mlflow.set_tracking_uri`` writes both, so restoring one without the other leaves MLflow pointed elsewhere.
+    Does not import MLflow (an unimported MLflow holds no state)."""
+    import sys
+
+    env = {k: os.environ.get(k) for k in env_keys}
+    if "mlflow" not in sys.modules:
+        return env, (None, None)
+    from mlflow.tracking._model_registry import utils as reg_utils
+    from mlflow.tracking._tracking_service import utils as trk_utils
+
+    return env, (trk_utils._tracking_uri, reg_utils._registry_uri)
+
+
+def restore_mlflow_state(saved: tuple[dict[str, str | None], tuple]) -> None:
+    """Put back what ``mlflow_state`` saved."""
+    import sys
+
+    env, uris = saved
+    for k, v in env.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+    if "mlflow" in sys.modules:
+        from mlflow.tracking._model_registry import utils as reg_utils
+        from mlflow.tracking._tracking_service import utils as trk_utils
+
+        trk_utils._tracking_uri, reg_utils._registry_uri = uris
 
 
 @contextlib.contextmanager
