@@ -30,6 +30,83 @@ def test_text_loss_zero_identical_positive_otherwise():
     assert L.text_consistent_loss(_probs(seed=1), p, idx, idx, valid, gate) > 0
 
 
+def _with_target_share(p_ref, share, target_pos):
+    """The reference's attention with the target's tokens taking ``share`` (B, H, N) of every pixel: each other
+    token keeps its place, scaled by 1 − share — what appending the target to the prompt does to a softmax."""
+    p = p_ref * (1.0 - share)[..., None]
+    p[..., target_pos] = 0.0
+    p[..., target_pos] += (share / len(target_pos))[..., None]
+    return p
+
+
+def test_text_loss_reads_the_response_without_the_targets_share():
+    """text_without_target: the target taking a share of the attention (its response) costs nothing; the base
+    tokens' maps moving among themselves still costs; raw maps charge the target's share as base attention lost."""
+    g = torch.Generator().manual_seed(0)
+    b, h, n = 2, 2, 16
+    p_ref = torch.randn(b, h, n, 77, generator=g).softmax(-1)
+    p_ref[..., 60:] = 0.0  # the target's positions carry nothing in the base prompt
+    p_ref = p_ref / p_ref.sum(-1, keepdim=True)
+    share = 0.8 * torch.rand(b, h, n, generator=g)
+    tpos = [60, 61, 62]
+    p_res = _with_target_share(p_ref, share, tpos)
+    idx = torch.arange(1, 12).expand(b, 11)
+    valid = torch.ones(b, 11, dtype=torch.bool)
+    gate = torch.ones(b, n)
+    target = torch.zeros(b, 77)
+    target[:, tpos] = 1.0
+    assert L.text_consistent_loss(p_res, p_ref, idx, idx, valid, gate, target) < 1e-10
+    raw = L.text_consistent_loss(p_res, p_ref, idx, idx, valid, gate)
+    assert raw > 1e-3
+    wrong = torch.zeros(b, 77)
+    wrong[:, [40, 41, 42]] = 1.0  # positions the target does not hold: no excuse for the lost share
+    assert L.text_consistent_loss(p_res, p_ref, idx, idx, valid, gate, wrong) > 0.5 * raw
+    # a base token's map moved (attention swapped between two base tokens): still charged
+    moved = p_res.clone()
+    moved[..., [2, 3]] = moved[..., [3, 2]]
+    assert L.text_consistent_loss(moved, p_ref, idx, idx, valid, gate, target) > 1e-3
+
+
+def test_text_loss_finds_each_captions_target_tokens():
+    """SpfMethod.text_loss: the positions it takes out are the caption's target-phrase tokens (a real tokenizer and
+    TokenMapper), wherever the target sits in the caption; with the option off the same maps are charged."""
+    from types import SimpleNamespace
+
+    from spf_lib.methods.spf.method import SpfMethod
+    from spf_lib.methods.spf.tokens import TokenMapper
+    from spf_lib.models.tokenizer import build_tokenizer
+
+    mapper = TokenMapper(build_tokenizer())
+    base = ["a photo of a woman, red hair", "a photo of a man, blue shirt, smiling"]
+    target = "wearing round glasses"
+    caption = [f"{base[0]}, {target}", f"a photo of a man, {target}, blue shirt, smiling"]
+    g = torch.Generator().manual_seed(1)
+    maps = {"ref": {}, "res": {}}
+    for res in (8, 4):
+        n = res * res
+        p_ref = torch.randn(2, 2, n, 77, generator=g).softmax(-1)
+        p_res = torch.zeros_like(p_ref)
+        share = 0.7 * torch.rand(2, 2, n, generator=g)
+        for i in range(2):
+            ref_i, res_i = mapper.index_map(base[i], caption[i], include_special=False)
+            # the response: every paired base token where it sits in the caption, scaled by 1 − share
+            p_res[i][..., res_i] = p_ref[i][..., ref_i] * (1.0 - share[i])[..., None]
+            tpos = mapper.phrase_positions(caption[i], target)
+            assert tpos
+            p_res[i][..., tpos] = (share[i] / len(tpos))[..., None]
+        maps["ref"][f"l{res}"] = SimpleNamespace(probs=p_ref, hw=(res, res))
+        maps["res"][f"l{res}"] = SimpleNamespace(probs=p_res, hw=(res, res))
+    m = SpfMethod.__new__(SpfMethod)
+    m.mapper, m.store = mapper, SimpleNamespace(maps=maps)
+    batch = {"base_text": base, "caption": caption, "target_phrase": [target, target]}
+    mask = L.ControlMap.off(2, 16, 16)
+    m.o = SimpleNamespace(sfcm_gate_pool="max", text_include_special=False, text_without_target=True)
+    without = m.text_loss(batch, mask)
+    m.o.text_without_target = False
+    raw = m.text_loss(batch, mask)
+    assert raw > 0 and without < 1e-6 * raw
+
+
 def test_fine_loss_zero_identical_positive_otherwise():
     q = torch.randn(2, 16, 8)
     gate = torch.ones(2, 16)
@@ -423,6 +500,7 @@ def test_presets_and_enhanced_needs_a_clip():
     again = SpfOptions(**paper.model_dump())                           # a resolved config reloads unchanged
     assert again == paper
     assert (ours.lr_scale, paper.lr_scale) == (2.0, 1.0)
+    assert (ours.text_without_target, paper.text_without_target) == (True, False)
 
 
 def test_spf_optimizer_runs_at_lr_scale_times_the_configured_lr(trainer):

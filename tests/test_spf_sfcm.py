@@ -101,7 +101,7 @@ def test_each_layer_is_gated_at_its_own_resolution():
         maps["res_out"][f"l{res}"] = SimpleNamespace(query=q + 3.0 * (~inside)[..., None],
                                                      probs=torch.where((~inside)[:, None, :, None], p2, p), hw=hw)
     m = SpfMethod.__new__(SpfMethod)
-    m.o = SimpleNamespace(sfcm_gate_pool="max", text_include_special=False)
+    m.o = SimpleNamespace(sfcm_gate_pool="max", text_include_special=False, text_without_target=False)
     m.mapper = SimpleNamespace(index_map=lambda b, r, special: (list(range(1, 9)), list(range(1, 9))))
     batch = {"base_text": ["a"], "caption": ["a b"]}
     off = L.ControlMap.off(1, 64, 64)

@@ -49,7 +49,8 @@ SPF_PRESETS: dict[str, dict[str, Any]] = {
     # the paper's loss set and two-stage schedule as we read it: stage 1 = plain fine-tuning for half the steps,
     # stage 2 = L_diff + L_text (base tokens and padding) + L_fine + L_enh (when a CLIP is configured), SFCM-gated
     "spf-paper": {"stage1_steps": None, "use_out": False, "use_preserve": False, "preserve_in_stage1": False,
-                  "text_include_special": True, "lr_scale": 1.0, "target_tokens": False},
+                  "text_include_special": True, "text_without_target": False, "lr_scale": 1.0,
+                  "target_tokens": False},
 }
 
 
@@ -109,6 +110,11 @@ class SpfOptions(_Strict):
                             "at the step budget; measured on the frontier, docs/method.md). 1 = the configured lr")
     use_text: bool = True
     w_text: float = Field(1.0, ge=0, description="λ for L_text-consistent")
+    text_without_target: bool = Field(
+        True, description="Our change to L_text: the response path's base-token attention is compared as if the "
+        "target's tokens were not in its softmax (divided by 1 − their attention share), so the target taking its "
+        "share of a pixel's attention is not read as the base tokens' attention moving; off = the raw maps (the "
+        "paper; issue 15's ninth round: the raw maps held the target back, docs/method.md)")
     use_fine: bool = True
     w_fine: float = Field(0.1, ge=0, description="λ for L_fine-grained")
     use_enhanced: bool = Field(True, description="L_enhanced; resolved to false when no image_embedder (CLIP) is "

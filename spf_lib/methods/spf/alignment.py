@@ -66,10 +66,22 @@ class AlignmentLosses:
             idx_ref[i, :len(a)] = torch.tensor(a)
             idx_res[i, :len(r)] = torch.tensor(r)
             valid[i, :len(a)] = True
+        t_res = t_ref = None
+        if self.o.text_without_target:
+            t_res, t_ref = (self.target_positions(batch[k], batch["target_phrase"], dev)
+                            for k in ("caption", "base_text"))
         pool = self.o.sfcm_gate_pool
-        terms = [L.text_consistent_loss(res[n].probs, c.probs, idx_res, idx_ref, valid, L.gate_for(mask, c.hw, pool))
-                 for n, c in ref.items()]
+        terms = [L.text_consistent_loss(res[n].probs, c.probs, idx_res, idx_ref, valid, L.gate_for(mask, c.hw, pool),
+                                        t_res, t_ref) for n, c in ref.items()]
         return torch.stack(terms).mean()
+
+    def target_positions(self, texts: list[str], phrases: list[str], device) -> torch.Tensor:
+        """(B, T): 1 where each text holds its target phrase's tokens (``text_without_target``; none in a base
+        text)."""
+        out = torch.zeros(len(texts), self.mapper.max_len, device=device)
+        for i, (text, phrase) in enumerate(zip(texts, phrases)):
+            out[i, self.mapper.phrase_positions(text, phrase) if phrase else []] = 1.0
+        return out
 
     def fine_loss(self, mask) -> torch.Tensor:
         ref, res = self.store.maps["ref"], self.store.maps["res"]

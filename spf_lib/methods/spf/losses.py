@@ -162,18 +162,34 @@ class ControlMap:
 
 
 def text_consistent_loss(p_res: torch.Tensor, p_ref: torch.Tensor, idx_res: torch.Tensor, idx_ref: torch.Tensor,
-                         valid: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
-    """One layer: mean_{b,h,n} gate · Σ_{k valid} (A_res[.., idx_res_k] − A_ref[.., idx_ref_k])².
+                         valid: torch.Tensor, gate: torch.Tensor, target_res: torch.Tensor | None = None,
+                         target_ref: torch.Tensor | None = None) -> torch.Tensor:
+    """One layer: mean_{b,h,n} gate · Σ_{k valid} (A_res[.., j_k] / (1 − S_res) − A_ref[.., i_k] / (1 − S_ref))².
 
-    ``idx_*``: (B, K) token positions paired by TokenMapper; ``valid`` (B, K) masks padding of the pairing lists.
-    Summing over tokens (not averaging) keeps the scale independent of how many tokens a prompt has.
+    ``idx_res`` / ``idx_ref`` (B, K): the positions j_k / i_k paired by TokenMapper; ``valid`` (B, K) masks padding
+    of the pairing lists. Summing over tokens (not averaging) keeps the scale independent of how many tokens a
+    prompt has. ``target_*`` (B, T), 1 at that path's target-phrase positions: S = the share of each pixel's
+    attention those tokens take, and the maps are read as if they were not in the softmax (S = 0 when None: the raw
+    maps; a base prompt holds no target token, so S_ref is 0 in training). Softmax attention is a budget: wherever
+    the target tokens are attended, every base token's raw share drops by the same factor, and the raw comparison
+    penalises exactly the response the target needs.
     """
     b, h, n, _ = p_res.shape
     k = idx_res.shape[1]
     a = torch.gather(p_res.float(), 3, idx_res[:, None, None, :].expand(b, h, n, k))
+    a = _without(a, p_res, target_res)
     r = torch.gather(p_ref.float(), 3, idx_ref[:, None, None, :].expand(b, h, n, k))
+    r = _without(r, p_ref, target_ref)
     sq = ((a - r.detach()) ** 2 * valid[:, None, None, :].float()).sum(dim=3)  # (B, H, N)
     return (sq * gate[:, None, :]).mean()
+
+
+def _without(picked: torch.Tensor, probs: torch.Tensor, target: torch.Tensor | None) -> torch.Tensor:
+    """``picked`` (attention on some tokens) as if the ``target`` positions were not in the softmax."""
+    if target is None:
+        return picked
+    share = (probs.float() * target[:, None, None, :].float()).sum(dim=3, keepdim=True)
+    return picked / (1.0 - share).clamp_min(1e-3)
 
 
 def fine_grained_loss(q_res: torch.Tensor, q_ref: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
