@@ -68,19 +68,20 @@ class AlignmentLosses:
             valid[i, :len(a)] = True
         t_res = t_ref = None
         if self.o.text_without_target:
-            t_res, t_ref = (self.target_positions(batch[k], batch["target_phrase"], dev)
-                            for k in ("caption", "base_text"))
+            length = next(iter(ref.values())).probs.shape[-1]
+            t_res, t_ref = (self.target_positions(batch[key], batch["target_phrase"], length, dev)
+                            for key in ("caption", "base_text"))
         pool = self.o.sfcm_gate_pool
         terms = [L.text_consistent_loss(res[n].probs, c.probs, idx_res, idx_ref, valid, L.gate_for(mask, c.hw, pool),
                                         t_res, t_ref) for n, c in ref.items()]
         return torch.stack(terms).mean()
 
-    def target_positions(self, texts: list[str], phrases: list[str], device) -> torch.Tensor:
-        """(B, T): 1 where each text holds its target phrase's tokens (``text_without_target``; none in a base
-        text)."""
-        out = torch.zeros(len(texts), self.mapper.max_len, device=device)
+    def target_positions(self, texts: list[str], phrases: list[str], length: int, device) -> torch.Tensor:
+        """(B, length): 1 where each text holds its target phrase's tokens (``text_without_target``; none in a base
+        text); ``length`` = the captured maps' key count."""
+        out = torch.zeros(len(texts), length, device=device)
         for i, (text, phrase) in enumerate(zip(texts, phrases)):
-            out[i, self.mapper.phrase_positions(text, phrase) if phrase else []] = 1.0
+            out[i, [p for p in (self.mapper.phrase_positions(text, phrase) if phrase else []) if p < length]] = 1.0
         return out
 
     def fine_loss(self, mask) -> torch.Tensor:
