@@ -12,8 +12,8 @@ Options: model=tiny|sd15|sdxl|sd3 (config= is the same option), width_divisor=N 
 kept), steps=N (timed; rounded up to whole periods of every variant's L_preserve schedule),
 warmup=N, batch=N, resolution=N, mixed_precision=no|bf16,
 capture=PATTERN[,PATTERN], checkpointing=0|1, interleave=0|1,
-variants=lora,spf-no-enh,spf-default-no-enh,spf-quarter-no-enh,spf-run7-no-enh,spf-beside-no-enh,spf-split-no-enh,spf
-(spf, with the world's CLIP: tiny only).
+variants=lora,spf-no-enh,spf-default-no-enh,spf-rawtext-no-enh,spf-quarter-no-enh,spf-run7-no-enh,spf-beside-no-enh,
+spf-split-no-enh,spf (spf, with the world's CLIP: tiny only).
 Goals (issues 4, 15): SPF stage-2 step ≤ 1.4× LoRA step time, step memory ≤ 1.15× LoRA.
 """
 
@@ -39,6 +39,8 @@ VARIANTS = {
     # Run 7's default (issue 15, third session): no target-token rows, L_preserve on every sample
     "spf-run7-no-enh": {"method": "spf", "spf": {"use_enhanced": False, "target_tokens": False,
                                                   "preserve_frac": 1.0, "preserve_schedule": "beside"}},
+    # the default until issue 15's ninth round: L_text on the raw attention maps (text_without_target off)
+    "spf-rawtext-no-enh": {"method": "spf", "spf": {"use_enhanced": False, "text_without_target": False}},
     # issue 15's sixth-round default: the preserved eighth runs L_preserve BESIDE the response path
     "spf-beside-no-enh": {"method": "spf", "spf": {"use_enhanced": False, "preserve_schedule": "beside"}},
     # each batch split between the response path and L_preserve (spf.preserve_schedule=split)
