@@ -58,6 +58,8 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "spf L_preserve uncond": ("spf", {"preserve_uncond_frac": 1.0}),
     # Run 7's default (issue 15, third session): no target tokens, L_preserve on every sample
     "spf run 7": ("spf", {"target_tokens": False, "preserve_frac": 1.0, "preserve_schedule": "beside"}),
+    # the default until issue 15's ninth round: L_text on the raw attention maps (Runs 10-11)
+    "spf raw L_text": ("spf", {"text_without_target": False}),
     # a control: the target-token rows with LoRA's loss alone (every SPF loss and the SFCM off, LoRA's lr)
     "lora + target tokens": ("spf", {"target_tokens": True, "use_text": False, "use_fine": False, "use_out": False,
                                      "use_enhanced": False, "use_preserve": False, "use_sfcm": False,
