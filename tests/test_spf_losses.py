@@ -377,6 +377,7 @@ def test_gradients_only_on_trainable_and_disabled_unet_unchanged(trainer):
         return y
 
     before_off, before_on = out(False), out(True)
+    base = {n: p.detach().clone() for n, p in unet.named_parameters() if "lora_" not in n}
     trainable = {id(p) for p in trainer.params}
     loss, logs = trainer.method.compute_loss(ctx, trainer.source.batch(0), step=0)
     assert {"loss_text", "loss_fine", "loss_enhanced"} <= logs.keys()
@@ -389,8 +390,11 @@ def test_gradients_only_on_trainable_and_disabled_unet_unchanged(trainer):
     trainer.optimizer.zero_grad(set_to_none=True)
     trainer.train_step()
     trainer.train_step()
-    assert torch.equal(out(False), before_off), "adapter-disabled UNet must be bit-identical after training"
-    assert not torch.equal(out(True), before_on)
+    # the base weights bit-identical; the output equal up to the kernels' own float order (the first forward of a
+    # fresh process can pick another CPU kernel than later ones: ~1e-6 apart when this test runs alone)
+    assert all(torch.equal(p, base[n]) for n, p in unet.named_parameters() if "lora_" not in n)
+    assert torch.allclose(out(False), before_off, atol=1e-5), "adapter-disabled UNet must be unchanged by training"
+    assert not torch.allclose(out(True), before_on, atol=1e-3)
 
 
 @pytest.mark.slow
