@@ -70,9 +70,10 @@ DEFAULT_CONFIGS = "background=red+expression=smiling:7:123;background=blue+expre
 # SPF behaviour no option names (part of the cache key, so a run of older code is not reused): issue 15's sixth
 # round spread L_preserve's share evenly over the run (was stochastic rounding) and encodes frozen texts separately
 SPF_CODE = "r6: even shares, frozen texts encoded apart"
-# the two SFCM settings whose overlap with the rendered glasses is reported
-SFCM_SETTINGS = {"robust (now)": {"sfcm_norm": "robust"},
-                 "quantile+max (issue 9)": {"sfcm_norm": "quantile", "sfcm_gate_pool": "max"}}
+# the SFCM settings whose overlap with the rendered glasses is reported
+SFCM_SETTINGS = {"robust, blur 1 (now)": {"sfcm_norm": "robust", "sfcm_blur": 1},
+                 "robust, no blur (Runs 10-12)": {"sfcm_norm": "robust", "sfcm_blur": 0},
+                 "quantile+max (issue 9)": {"sfcm_norm": "quantile", "sfcm_gate_pool": "max", "sfcm_blur": 0}}
 
 
 @dataclass(frozen=True)

@@ -50,7 +50,7 @@ SPF_PRESETS: dict[str, dict[str, Any]] = {
     # stage 2 = L_diff + L_text (base tokens and padding) + L_fine + L_enh (when a CLIP is configured), SFCM-gated
     "spf-paper": {"stage1_steps": None, "use_out": False, "use_preserve": False, "preserve_in_stage1": False,
                   "text_include_special": True, "text_without_target": False, "lr_scale": 1.0,
-                  "target_tokens": False},
+                  "target_tokens": False, "sfcm_blur": 0},
 }
 
 
@@ -122,7 +122,9 @@ class SpfOptions(_Strict):
     w_enhanced: float = Field(5e-4, ge=0, description="λ for L_enhanced (its CLIP gradient is ~100x L_diff's)")
     use_out: bool = Field(True, description="Our addition: SFCM-gated alignment of the response path's noise "
                           "prediction with the reference's (L_fine at the output, docs/method.md)")
-    w_out: float = Field(0.5, ge=0, description="λ for L_out (1.0 until issue 15's frontier runs: docs/method.md)")
+    w_out: float = Field(2.0, ge=0, description="λ for L_out (1.0 until issue 15's frontier runs, 0.5 until its "
+                         "tenth round: with the blurred SFCM releasing the target, alignment holds harder elsewhere; "
+                         "docs/method.md)")
     align_warmup: int = Field(0, ge=0, description="Our addition: the SFCM-gated alignment losses (L_text, L_fine, "
                               "L_out) ramp linearly from 0 to their λ over the first N stage-2 steps, so the response "
                               "the SFCM localises exists before alignment holds it (docs/method.md); 0 = full from "
@@ -157,7 +159,10 @@ class SpfOptions(_Strict):
     text_include_special: bool = Field(False, description="Align BOS/EOS/padding maps too (the paper: 'and padding'); "
                                       "off: after the target phrase they encode the target (docs/method.md)")
     sfcm_phrase_weighting: Literal["distance", "uniform"] = "distance"
-    sfcm_blur: int = Field(0, ge=0, le=7, description="Box-blur radius (latent pixels) applied to the SFCM")
+    sfcm_blur: int = Field(1, ge=0, le=7, description="Box-blur radius (latent pixels) of the noise difference the "
+                           "SFCM is computed from (1 since issue 15's tenth round: a thin target such as a glasses "
+                           "frame responds on scattered pixels, and unblurred most of its cells stay held; 0 = the "
+                           "paper's map, docs/method.md)")
     sfcm_gate_pool: Literal["area", "max"] = Field("max", description="sfcm_norm=quantile|minmax: how the latent "
                                                    "SFCM is downsampled to a low-resolution layer: cell mean or max")
     sfcm_norm: Literal["robust", "quantile", "minmax"] = Field(
