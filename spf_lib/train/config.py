@@ -122,9 +122,9 @@ class SpfOptions(_Strict):
     w_enhanced: float = Field(5e-4, ge=0, description="λ for L_enhanced (its CLIP gradient is ~100x L_diff's)")
     use_out: bool = Field(True, description="Our addition: SFCM-gated alignment of the response path's noise "
                           "prediction with the reference's (L_fine at the output, docs/method.md)")
-    w_out: float = Field(2.0, ge=0, description="λ for L_out (1.0 until issue 15's frontier runs, 0.5 until its "
-                         "tenth round: with the blurred SFCM releasing the target, alignment holds harder elsewhere; "
-                         "docs/method.md)")
+    w_out: float = Field(0.5, ge=0, description="λ for L_out (1.0 until issue 15's frontier runs; at 1–2 the SFCM "
+                         "decides more of what is learned, but the demo's data loses the target: docs/method.md, "
+                         "tenth round)")
     align_warmup: int = Field(0, ge=0, description="Our addition: the SFCM-gated alignment losses (L_text, L_fine, "
                               "L_out) ramp linearly from 0 to their λ over the first N stage-2 steps, so the response "
                               "the SFCM localises exists before alignment holds it (docs/method.md); 0 = full from "
