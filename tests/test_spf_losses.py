@@ -500,7 +500,7 @@ def test_presets_and_enhanced_needs_a_clip():
     assert paper.sfcm_blur == 0                                        # the paper's map: no blur
     ours = SpfOptions()
     assert ours.preset == "spf" and ours.use_out and ours.use_preserve and ours.stage1_steps == 0
-    assert ours.sfcm_blur == 1                                       # issue 15's tenth round                   # issue 15's tenth round
+    assert ours.sfcm_blur == 1                                         # issue 15's tenth round
     assert not ours.use_enhanced                                      # no CLIP: L_enh is off, and the config says so
     assert SpfOptions(image_embedder="some/clip").use_enhanced
     again = SpfOptions(**paper.model_dump())                           # a resolved config reloads unchanged
