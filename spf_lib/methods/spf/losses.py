@@ -53,14 +53,19 @@ def sfcm(noise_diff: torch.Tensor, phrase_maps: torch.Tensor, weights: torch.Ten
         sub = (weights.float()[:, :, None, None] * minmax(phrase_maps.float())).sum(dim=1)
     else:
         sub = torch.zeros_like(n)
-    m = F.relu(n - sub)
-    if blur:
-        k = 2 * blur + 1
-        m = F.avg_pool2d(m[:, None], k, stride=1, padding=blur, count_include_pad=False)[:, 0]
+    m = box_blur(F.relu(n - sub), blur)
     if quantile is None:
         return minmax(m).detach()
     scale = torch.quantile(m.flatten(1), quantile, dim=1).clamp_min(1e-8)
     return (m / scale[:, None, None]).clamp(max=1.0).detach()
+
+
+def box_blur(x: torch.Tensor, radius: int) -> torch.Tensor:
+    """(B, h, w) averaged over (2·radius + 1)² pixels, edges over the pixels that exist; ``x`` itself at radius 0."""
+    if not radius:
+        return x
+    k = 2 * radius + 1
+    return F.avg_pool2d(x[:, None].float(), k, stride=1, padding=radius, count_include_pad=False)[:, 0]
 
 
 def gate_for(mask, hw: tuple[int, int], pool: str = "area") -> torch.Tensor:
@@ -129,6 +134,7 @@ class ControlMap:
         self.norm, self.pool, self.quantile, self.blur, self.z = norm, pool, quantile, blur, z
         self.shape = tuple(noise_diff.shape) if noise_diff is not None else tuple(shape)
         self._cache: dict[tuple[int, int], torch.Tensor] = {}
+        self._blurred: torch.Tensor | None = None
 
     @classmethod
     def off(cls, b: int, h: int, w: int, device=None) -> ControlMap:
@@ -147,10 +153,9 @@ class ControlMap:
     def _compute(self, hw: tuple[int, int]) -> torch.Tensor:
         if self.noise is None:
             return torch.zeros(self.shape[0], *hw, device=self.device)
-        n = self.noise
-        if self.blur:
-            k = 2 * self.blur + 1
-            n = F.avg_pool2d(n[:, None].float(), k, stride=1, padding=self.blur, count_include_pad=False)[:, 0]
+        if self._blurred is None:  # once per step, not once per layer resolution
+            self._blurred = box_blur(self.noise, self.blur)
+        n = self._blurred
         if self.norm == "robust":
             return robust_sfcm(n, self.phrases, self.weights, hw, *self.z)
         if tuple(hw) != tuple(self.shape[-2:]):
