@@ -71,8 +71,11 @@ DEFAULT_CONFIGS = "background=red+expression=smiling:7:123;background=blue+expre
 # round spread L_preserve's share evenly over the run (was stochastic rounding) and encodes frozen texts separately
 SPF_CODE = "r6: even shares, frozen texts encoded apart"
 # the SFCM settings whose overlap with the rendered glasses is reported
-SFCM_SETTINGS = {"robust, blur 1 (now)": {"sfcm_norm": "robust", "sfcm_blur": 1},
-                 "robust, no blur (Runs 10-12)": {"sfcm_norm": "robust", "sfcm_blur": 0},
+SFCM_SETTINGS = {"robust, blur 1, phrase share (now)": {"sfcm_norm": "robust", "sfcm_blur": 1,
+                                                        "sfcm_phrase_share": True},
+                 "robust, blur 1, phrase sum (Runs 13-14)": {"sfcm_norm": "robust", "sfcm_blur": 1,
+                                                             "sfcm_phrase_share": False},
+                 "robust, no blur (Runs 10-12)": {"sfcm_norm": "robust", "sfcm_blur": 0, "sfcm_phrase_share": False},
                  "quantile+max (issue 9)": {"sfcm_norm": "quantile", "sfcm_gate_pool": "max", "sfcm_blur": 0}}
 
 

@@ -497,10 +497,11 @@ def test_presets_and_enhanced_needs_a_clip():
     assert (paper.use_out, paper.use_preserve, paper.stage1_steps, paper.text_include_special) == (False, False, None,
                                                                                                      True)
     assert SpfOptions(preset="spf-paper", use_preserve=True).use_preserve  # explicit fields win over the preset
-    assert paper.sfcm_blur == 0                                        # the paper's map: no blur
+    assert paper.sfcm_blur == 0 and not paper.sfcm_phrase_share        # the paper's map: no blur, Σ_p D_p·A_p
     ours = SpfOptions()
     assert ours.preset == "spf" and ours.use_out and ours.use_preserve and ours.stage1_steps == 0
     assert ours.sfcm_blur == 1                                         # issue 15's tenth round
+    assert ours.sfcm_phrase_share and ours.w_out == 2.0                # issue 15's eleventh round
     assert not ours.use_enhanced                                      # no CLIP: L_enh is off, and the config says so
     assert SpfOptions(image_embedder="some/clip").use_enhanced
     again = SpfOptions(**paper.model_dump())                           # a resolved config reloads unchanged

@@ -100,6 +100,29 @@ def test_phrases_are_weighted_by_their_distance_to_the_target(res):
     assert m[_cover(near_r, (res, res)) >= 0.25].min() >= 0.9
 
 
+FACE = (slice(12, 40), slice(28, 52))  # a region around the target that several base phrases attend
+
+
+@pytest.mark.parametrize("seed", (0, 1, 2))
+@pytest.mark.parametrize("res", RES)
+def test_overlapping_phrases_subtract_by_their_share(res, seed):
+    """Four base phrases (person, skin, age, expression) all attend the face the target sits on, each somewhat near
+    the target (D = 0.25); a far phrase (D = 1) sits on its own region, which responds half as much. Counted by their
+    share of the attention at each pixel the face phrases subtract a quarter of the response and the target is
+    released; summed (the paper's Σ over our min-max normalised maps) they subtract all of it and hold it (issue 15,
+    eleventh round). The far phrase's region stays held either way."""
+    tgt, face, hair = _region(TARGET), _region(FACE), _region(HAIR)
+    n = L.minmax(0.1 * _noise(seed) + tgt + 0.5 * hair)
+    phrases = torch.stack([face] * 4 + [hair], dim=1)
+    weights = torch.tensor([[0.25, 0.25, 0.25, 0.25, 1.0]])
+    inside, far = _cover(tgt, (res, res)) >= 0.25, _cover(hair, (res, res)) >= 0.5
+    share = L.ControlMap(n, phrases, weights, share=True).at((res, res))
+    summed = L.ControlMap(n, phrases, weights, share=False).at((res, res))
+    assert share[inside].min() >= 0.9
+    assert summed[inside].max() <= 0.05
+    assert share[far].max() <= 0.05 and summed[far].max() <= 0.05
+
+
 def test_each_layer_is_gated_at_its_own_resolution():
     """SpfMethod.fine_loss / text_loss: a difference confined to the target's cells at every captured layer costs
     (almost) nothing; the same difference elsewhere does; with the SFCM off everything is aligned."""

@@ -50,7 +50,7 @@ SPF_PRESETS: dict[str, dict[str, Any]] = {
     # stage 2 = L_diff + L_text (base tokens and padding) + L_fine + L_enh (when a CLIP is configured), SFCM-gated
     "spf-paper": {"stage1_steps": None, "use_out": False, "use_preserve": False, "preserve_in_stage1": False,
                   "text_include_special": True, "text_without_target": False, "lr_scale": 1.0,
-                  "target_tokens": False, "sfcm_blur": 0},
+                  "target_tokens": False, "sfcm_blur": 0, "sfcm_phrase_share": False},
 }
 
 
@@ -122,9 +122,8 @@ class SpfOptions(_Strict):
     w_enhanced: float = Field(5e-4, ge=0, description="λ for L_enhanced (its CLIP gradient is ~100x L_diff's)")
     use_out: bool = Field(True, description="Our addition: SFCM-gated alignment of the response path's noise "
                           "prediction with the reference's (L_fine at the output, docs/method.md)")
-    w_out: float = Field(0.5, ge=0, description="λ for L_out (1.0 until issue 15's frontier runs; at 1–2 the SFCM "
-                         "decides more of what is learned, but the demo's data loses the target: docs/method.md, "
-                         "tenth round)")
+    w_out: float = Field(2.0, ge=0, description="λ for L_out (1.0 until issue 15's frontier runs, 0.5 in its ninth "
+                         "and tenth rounds; 2 since the eleventh, with sfcm_phrase_share: docs/method.md)")
     align_warmup: int = Field(0, ge=0, description="Our addition: the SFCM-gated alignment losses (L_text, L_fine, "
                               "L_out) ramp linearly from 0 to their λ over the first N stage-2 steps, so the response "
                               "the SFCM localises exists before alignment holds it (docs/method.md); 0 = full from "
@@ -159,6 +158,10 @@ class SpfOptions(_Strict):
     text_include_special: bool = Field(False, description="Align BOS/EOS/padding maps too (the paper: 'and padding'); "
                                       "off: after the target phrase they encode the target (docs/method.md)")
     sfcm_phrase_weighting: Literal["distance", "uniform"] = "distance"
+    sfcm_phrase_share: bool = Field(True, description="SFCM: each base phrase's map subtracts only its share of the "
+                                    "phrases' attention at a pixel (Σ_p D_p·A_p²/Σ_q A_q) instead of all of it; "
+                                    "summed, the person, skin and hair maps that all cover the face held most of the "
+                                    "glasses (issue 15, eleventh round: docs/method.md); false = the paper's sum")
     sfcm_blur: int = Field(1, ge=0, le=7, description="Box-blur radius (latent pixels) of the noise difference the "
                            "SFCM is computed from (1 since issue 15's tenth round: a thin target such as a glasses "
                            "frame responds on scattered pixels, and unblurred most of its cells stay held; 0 = the "

@@ -51,7 +51,7 @@ class AlignmentLosses:
         o = self.o
         return L.ControlMap(L.noise_difference(eps_res, eps_ref), maps, weights.to(dev), norm=o.sfcm_norm,
                             pool=o.sfcm_gate_pool, quantile=o.sfcm_quantile, blur=o.sfcm_blur,
-                            z=(o.sfcm_z_low, o.sfcm_z_high))
+                            z=(o.sfcm_z_low, o.sfcm_z_high), share=o.sfcm_phrase_share)
 
     def text_loss(self, batch, mask) -> torch.Tensor:
         ref, res = self.store.maps["ref"], self.store.maps["res"]

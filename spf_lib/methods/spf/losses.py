@@ -91,11 +91,12 @@ def resample(m: torch.Tensor, hw: tuple[int, int], pool: str = "area") -> torch.
 
 
 def robust_sfcm(noise_diff: torch.Tensor, phrase_maps: torch.Tensor, weights: torch.Tensor, hw: tuple[int, int],
-                z_lo: float = 2.0, z_hi: float = 4.0) -> torch.Tensor:
+                z_lo: float = 2.0, z_hi: float = 4.0, share: bool = True) -> torch.Tensor:
     """M at one layer's resolution ``hw``: how far each cell's response stands out of the map's own noise.
 
     N and each phrase map are area-averaged to ``hw`` (averaging shrinks pixel noise but keeps a region's level),
-    min-max normalised, and R = ReLU(N − Σ_p D_p · A_p). The noise floor is N's median and its spread the scaled
+    min-max normalised, and R = ReLU(N − Σ_p D_p · A_p) (``share``: each A_p weighted by its share of the phrases'
+    attention at that cell, ``phrase_subtraction``). The noise floor is N's median and its spread the scaled
     median absolute deviation, both per sample: z = (R − med N) / (1.4826 · MAD N), M = clip((z − z_lo) /
     (z_hi − z_lo), 0, 1). A response region — a minority of the cells — lies many MADs above the median and is
     released (M = 1); a pure-noise or uniformly weak map has few cells beyond z_lo, so alignment holds almost
@@ -106,7 +107,7 @@ def robust_sfcm(noise_diff: torch.Tensor, phrase_maps: torch.Tensor, weights: to
     if phrase_maps.numel():
         b, p = phrase_maps.shape[:2]
         a = minmax(resample(phrase_maps.flatten(0, 1), hw, "area")).view(b, p, *hw)
-        r = F.relu(n - (weights.float()[:, :, None, None] * a).sum(dim=1))
+        r = F.relu(n - phrase_subtraction(a, weights, share))
     else:
         r = n
     flat = n.flatten(1)
@@ -115,6 +116,22 @@ def robust_sfcm(noise_diff: torch.Tensor, phrase_maps: torch.Tensor, weights: to
     scale = (1.4826 * mad).clamp_min(1e-3)
     z = (r - med[:, None, None]) / scale[:, None, None]
     return ((z - z_lo) / (z_hi - z_lo)).clamp(0.0, 1.0).detach()
+
+
+def phrase_subtraction(a: torch.Tensor, weights: torch.Tensor, share: bool = True) -> torch.Tensor:
+    """Σ_p D_p · A_p over the base phrases' min-max normalised maps ``a`` (B, P, h, w), ``weights`` D (B, P).
+
+    ``share``: each phrase counts at a cell only by its share of the phrases' attention there, A_p / Σ_q A_q (so
+    Σ_p D_p · A_p² / Σ_q A_q). Min-max normalised maps are not a partition: the person, skin and hair phrases of a
+    portrait all peak over the face, and summed they subtract several times the face's response, glasses included
+    — in units of the whole map's range, where the release threshold is a few MADs (measured at 16×16, issue 15's
+    eleventh round: 72 % of the glasses' cells held on the small world, nearly all on face-prepared crops). With one
+    phrase, or phrases that do not overlap, the two are the same.
+    """
+    wa = weights.float()[:, :, None, None] * a
+    if share:
+        wa = wa * a / a.sum(dim=1, keepdim=True).clamp_min(1e-6)
+    return wa.sum(dim=1)
 
 
 class ControlMap:
@@ -128,10 +145,10 @@ class ControlMap:
     def __init__(self, noise_diff: torch.Tensor | None, phrase_maps: torch.Tensor | None = None,
                  weights: torch.Tensor | None = None, *, norm: str = "robust", pool: str = "area",
                  quantile: float | None = 0.9, blur: int = 0, z: tuple[float, float] = (2.0, 4.0),
-                 shape: tuple[int, int, int] | None = None, device=None) -> None:
+                 shape: tuple[int, int, int] | None = None, device=None, share: bool = True) -> None:
         self.device = noise_diff.device if noise_diff is not None else device
         self.noise, self.phrases, self.weights = noise_diff, phrase_maps, weights
-        self.norm, self.pool, self.quantile, self.blur, self.z = norm, pool, quantile, blur, z
+        self.norm, self.pool, self.quantile, self.blur, self.z, self.share = norm, pool, quantile, blur, z, share
         self.shape = tuple(noise_diff.shape) if noise_diff is not None else tuple(shape)
         self._cache: dict[tuple[int, int], torch.Tensor] = {}
         self._blurred: torch.Tensor | None = None
@@ -157,7 +174,7 @@ class ControlMap:
             self._blurred = box_blur(self.noise, self.blur)
         n = self._blurred
         if self.norm == "robust":
-            return robust_sfcm(n, self.phrases, self.weights, hw, *self.z)
+            return robust_sfcm(n, self.phrases, self.weights, hw, *self.z, share=self.share)
         if tuple(hw) != tuple(self.shape[-2:]):
             return resample(self.latent, hw, self.pool)
         return sfcm(n, self.phrases, self.weights, 0, self.quantile if self.norm == "quantile" else None)
