@@ -13,7 +13,10 @@ Options (-o KEY=VALUE): variants (comma list of VARIANTS), seeds (training seeds
 configurations: ``ATTR=VALUE+ATTR=VALUE:FT_SEED:EVAL_SEED`` joined by ``;``), steps, every, naive_lr, lr, rank, batch,
 n_ft, n_prompts, n_seeds (prompts × seeds per checkpoint), infer_steps, guidance, base, probes, clip, workdir (runs
 are cached there: a rerun with the same workdir only trains what is missing), plot (PNG path), threads, jobs
-(runs trained side by side in processes), quick=1 (CI-sized smoke run: a few steps, tiny evaluation).
+(runs trained side by side in processes), quick=1 (CI-sized smoke run: a few steps, tiny evaluation), prepared=1
+(each configuration's fine-tuning set rendered at 256 px and run through the data stage's face detection, alignment
+and crop to 64 px, as `spf demo` trains on, instead of rendered at 64 px; its cells are named "A-prepared", … and
+report no SFCM overlap, since the rendered glasses masks do not follow the alignment).
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import json
 import logging
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from bench.common import opt
@@ -188,7 +191,7 @@ def _run_one(cfg_d: dict, seed: int, name: str, o: dict, out_json: str) -> dict:
                 finally:
                     handle.disable()
                     eval_pipe.delete_adapters("spf")
-        if method == "spf" and tr.method.o.use_sfcm:
+        if method == "spf" and tr.method.o.use_sfcm and not o["prepared"]:
             from spf_lib.world.fidelity import sfcm_overlap
 
             overlap = sfcm_overlap(tr, cfg.ft_seed, cfg.spurious, SFCM_SETTINGS, n=o["overlap_n"])
@@ -212,19 +215,37 @@ def _prepare_config(cfg: SpuriousConfig, o: dict) -> None:
     stamp = work / "config.json"
     want = {**cfg.to_dict(), "n_ft": o["n_ft"], "n_prompts": o["n_prompts"], "n_seeds": o["n_seeds"],
             "infer_steps": o["infer_steps"], "guidance": o["guidance"], "base": str(o["base"])}
+    if o["prepared"]:  # only then: the stamps of rendered sets written before the option existed stay valid
+        want["prepared"] = True
     if stamp.is_file() and json.loads(stamp.read_text()) == want and (work / "original.npz").is_file():
         return
     import shutil
 
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
-    make_finetune_set(work / "ftset", n=o["n_ft"], seed=cfg.ft_seed, spurious=cfg.spurious)
+    if o["prepared"]:
+        _prepared_finetune_set(work, cfg, o["n_ft"])
+    else:
+        make_finetune_set(work / "ftset", n=o["n_ft"], seed=cfg.ft_seed, spurious=cfg.spurious)
     plan = make_plan(o["n_prompts"], o["n_seeds"], seed=cfg.eval_seed, steps=o["infer_steps"], guidance=o["guidance"])
     pipe = StableDiffusionPipeline.from_pretrained(str(o["base"]), safety_checker=None)
     pipe.set_progress_bar_config(disable=True)
     g = generate_all(pipe, plan)
     np.savez(work / "original.npz", base=g.base.numpy(), target=g.target.numpy())
     stamp.write_text(json.dumps(want))
+
+
+def _prepared_finetune_set(work: Path, cfg: SpuriousConfig, n: int) -> None:
+    """The fine-tuning set as `spf demo` trains on it: photos at 256 px through `prepare_dataset` (dlib detection,
+    5-point alignment, crop to 64 px) — faces zoomed and slightly rotated, a few images rejected. The demo caught on
+    such crops what the rendered set could not (issue 15, tenth round)."""
+    from spf_lib.data.config import PrepareConfig
+    from spf_lib.data.prepare import prepare_dataset
+    from spf_lib.demo import synth_demo_data
+
+    raw = synth_demo_data(work / "photos", n=n, seed=cfg.ft_seed, spurious=cfg.spurious)
+    res = prepare_dataset(raw, work / "ftset", PrepareConfig(size=64))
+    log.info("fidelity frontier: %s prepared: %d of %d photos kept", cfg.name, res.n_kept, res.n_input)
 
 
 def variant_config(name: str) -> dict:
@@ -280,7 +301,7 @@ def run(options: dict[str, str]) -> dict:
         "infer_steps": get("infer_steps", 20, int), "guidance": get("guidance", 4.0, float),
         "threads": get("threads", 1, int), "jobs": get("jobs", 2, int), "overlap_n": get("overlap_n", 8, int),
         "base": Path(get("base", str(ASSETS / "base"), str)), "probes": Path(get("probes", str(ASSETS / "probes"), str)),
-        "clip": Path(get("clip", str(ASSETS / "clip"), str)),
+        "clip": Path(get("clip", str(ASSETS / "clip"), str)), "prepared": get("prepared", False, bool),
     }
     if o["every"] < 1 or o["steps"] < 1:
         raise SpfError(f"bench options steps={o['steps']} every={o['every']}: both must be ≥ 1")
@@ -293,6 +314,8 @@ def run(options: dict[str, str]) -> dict:
     except ValueError:
         raise SpfError(f"bench option seeds={options.get('seeds')!r}: expected integers joined by commas") from None
     configs = parse_configs(get("configs", DEFAULT_CONFIGS if not quick else DEFAULT_CONFIGS.split(";")[0], str))
+    if o["prepared"]:
+        configs = [replace(c, name=f"{c.name}-prepared") for c in configs]
     work = Path(get("workdir", "", str) or tempfile.mkdtemp(prefix="spf-fidelity-"))
     o["workdir"] = str(work)
     for c in configs:

@@ -71,7 +71,7 @@ def ensure_base_model(root: Path, base_model: str | None) -> str:
 
 
 def synth_demo_data(out_dir: str | Path, n: int = DEMO_IMAGES, seed: int = DEMO_DATA_SEED,
-                    size: int = 256) -> Path:
+                    size: int = 256, spurious: dict[str, str] | None = None) -> Path:
     """The demo's raw dataset: the small world's fine-tuning set with its spurious correlation, as photos + captions.
 
     Every image wears round glasses (the target) AND has a red background AND smiles; captions name only person,
@@ -81,7 +81,8 @@ def synth_demo_data(out_dir: str | Path, n: int = DEMO_IMAGES, seed: int = DEMO_
     aligns faces with dlib, which needs that size; ``prepare`` crops back to 64 px.
 
     Deterministic: same arguments → byte-identical files (``images/*.png`` without metadata chunks,
-    ``captions.jsonl``, ``labels.jsonl`` with sorted keys), hence the same DVC hash.
+    ``captions.jsonl``, ``labels.jsonl`` with sorted keys), hence the same DVC hash. ``spurious``: another
+    configuration's correlated attributes (`spf bench fidelity -o prepared=1`); the demo's by default.
     """
     from spf_lib.data.synth import _png_bytes, synth_records
     from spf_lib.io import atomic_dir
@@ -92,7 +93,8 @@ def synth_demo_data(out_dir: str | Path, n: int = DEMO_IMAGES, seed: int = DEMO_
     captions, labels = [], []
     with atomic_dir(out_dir) as tmp:
         (tmp / "images").mkdir()
-        for i, attrs, layout in synth_records(n, seed, target_fraction=1.0, fixed_for_target=SPURIOUS):
+        for i, attrs, layout in synth_records(n, seed, target_fraction=1.0,
+                                              fixed_for_target=SPURIOUS if spurious is None else spurious):
             rel = f"images/{i:05d}.png"
             (tmp / rel).write_bytes(_png_bytes(render_portrait(attrs, size, layout)))
             caption = ", ".join(prompt_phrases(attrs) + [TARGET_PHRASE])

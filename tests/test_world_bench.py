@@ -69,6 +69,27 @@ def test_fidelity_frontier_quick_on_toy_models(tmp_path, monkeypatch):
     assert "1 trained now" in " ".join(changed["notes"])
 
 
+def test_prepared_finetune_set_goes_through_the_data_stage(tmp_path):
+    """``-o prepared=1``: the configuration's photos (its own spurious values) at 256 px, then the data stage's
+    detection, alignment and crop to 64 px — what `spf demo` trains on."""
+    import json
+
+    import pandas as pd
+    from PIL import Image
+
+    import bench.fidelity as fid
+
+    cfg = fid.parse_configs("background=blue+expression=neutral:11:321")[0]
+    fid._prepared_finetune_set(tmp_path, cfg, 4)
+    labels = [json.loads(x) for x in (tmp_path / "photos" / "labels.jsonl").read_text().splitlines()]
+    assert {(x["background"], x["expression"]) for x in labels} == {("blue", "neutral")}
+    assert Image.open(tmp_path / "photos" / labels[0]["file"]).size == (256, 256)
+    df = pd.read_parquet(tmp_path / "ftset" / "manifest.parquet")
+    assert 3 <= len(df) <= 4 and "box" in df.columns  # detected faces, at most one photo rejected
+    assert all(Image.open(tmp_path / "ftset" / c).size == (64, 64) for c in df["crop_path"])
+    assert all(c.endswith(", wearing round glasses") for c in df["caption"])
+
+
 def test_every_fidelity_variant_is_a_valid_config():
     """A variant whose options no longer validate (a default changed under it) fails here, not 30 minutes into a
     frontier run."""
