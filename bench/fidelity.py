@@ -241,10 +241,10 @@ def _prepared_finetune_set(work: Path, cfg: SpuriousConfig, n: int) -> None:
     such crops what the rendered set could not (issue 15, tenth round)."""
     from spf_lib.data.config import PrepareConfig
     from spf_lib.data.prepare import prepare_dataset
-    from spf_lib.demo import synth_demo_data
+    from spf_lib.demo import WORLD_PREPARE_PADDING, synth_demo_data
 
     raw = synth_demo_data(work / "photos", n=n, seed=cfg.ft_seed, spurious=cfg.spurious)
-    res = prepare_dataset(raw, work / "ftset", PrepareConfig(size=64))
+    res = prepare_dataset(raw, work / "ftset", PrepareConfig(size=64, padding=WORLD_PREPARE_PADDING))
     log.info("fidelity frontier: %s prepared: %d of %d photos kept", cfg.name, res.n_kept, res.n_input)
 
 

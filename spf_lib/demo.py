@@ -23,6 +23,8 @@ WORLD_PROBES = REPO_ROOT / "assets" / "world" / "probes"
 DEMO_STEPS = 300
 DEMO_IMAGES = 48
 DEMO_DATA_SEED = 7  # the seed of the bench's fine-tuning set: the demo data is that set, rendered at 256 px
+#: dlib chip padding for the world's photos: the aligned 64-px crop then frames the face as the world's renders do
+WORLD_PREPARE_PADDING = 0.85
 
 
 @dataclass
@@ -188,7 +190,7 @@ def demo_configs(resolution: int, steps: int, method: str, clip_model: str | Non
     train: dict = {"steps": steps, "resolution": resolution, "checkpoint_every": max(steps // 2, 1)}
     evaluate: dict = {"num_inference_steps": 10, "resolution": resolution}
     if world:
-        prepare["padding"] = 0.85  # the aligned 64-px crop then frames the face as the world's renders do
+        prepare["padding"] = WORLD_PREPARE_PADDING
         first = demo_eval_set(1, 1)["base_prompts"][0]
         train.update({"lr": 3e-3, "batch_size": 8, "rank": 8, "checkpoints_total_limit": 1,
                       "validation": {"prompts": [first, f"{first}, wearing round glasses"], "seeds": [1000],

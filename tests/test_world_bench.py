@@ -88,6 +88,8 @@ def test_prepared_finetune_set_goes_through_the_data_stage(tmp_path):
     assert 3 <= len(df) <= 4 and "box" in df.columns  # detected faces, at most one photo rejected
     assert all(Image.open(tmp_path / "ftset" / c).size == (64, 64) for c in df["crop_path"])
     assert all(c.endswith(", wearing round glasses") for c in df["caption"])
+    summary = json.loads((tmp_path / "ftset" / "prepare_summary.json").read_text())
+    assert summary["config"]["padding"] == 0.85  # the demo's framing of the world's faces
 
 
 def test_every_fidelity_variant_is_a_valid_config():
