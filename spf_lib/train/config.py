@@ -161,7 +161,8 @@ class SpfOptions(_Strict):
     sfcm_phrase_share: bool = Field(True, description="SFCM: each base phrase's map subtracts only its share of the "
                                     "phrases' attention at a pixel (Σ_p D_p·A_p²/Σ_q A_q) instead of all of it; "
                                     "summed, the person, skin and hair maps that all cover the face held most of the "
-                                    "glasses (issue 15, eleventh round: docs/method.md); false = the paper's sum")
+                                    "glasses (issue 15, eleventh round: docs/method.md); false = the paper's sum; the "
+                                    "robust map only (sfcm_norm quantile/minmax keep issue 9's sum)")
     sfcm_blur: int = Field(1, ge=0, le=7, description="Box-blur radius (latent pixels) of the noise difference the "
                            "SFCM is computed from (1 since issue 15's tenth round: a thin target such as a glasses "
                            "frame responds on scattered pixels, and unblurred most of its cells stay held; 0 = the "
