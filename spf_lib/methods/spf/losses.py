@@ -50,7 +50,7 @@ def sfcm(noise_diff: torch.Tensor, phrase_maps: torch.Tensor, weights: torch.Ten
     """
     n = noise_diff.float()
     if phrase_maps.numel():
-        sub = (weights.float()[:, :, None, None] * minmax(phrase_maps.float())).sum(dim=1)
+        sub = phrase_subtraction(minmax(phrase_maps.float()), weights, share=False)  # issue 9's map: the sum
     else:
         sub = torch.zeros_like(n)
     m = box_blur(F.relu(n - sub), blur)
