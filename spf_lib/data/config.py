@@ -17,6 +17,7 @@ from pydantic.dataclasses import dataclass as pydantic_dataclass
 from spf_lib.errors import SpfError
 
 MULTI_FACE_POLICIES = ("largest", "reject")
+FILL_MODES = ("reflect", "black")
 
 
 @pydantic_dataclass(config=ConfigDict(extra="forbid"))
@@ -25,6 +26,9 @@ class PrepareConfig:
 
     size: int = 512  # side of the square aligned crop (px)
     padding: float = 0.6  # dlib get_face_chip padding; 0.25 = tight dlib chip, larger = FFHQ-like head+hair context
+    # the part of a crop that lies outside the photo: "reflect" = FFHQ's reflected, blurred, faded padding;
+    # "black" = dlib's own chip (black wedges a fine-tune learns as part of the target; for old crops)
+    fill: str = "reflect"
     target_phrase: str = "wearing round glasses"  # caption phrase that is the attribute being taught
     require_target: bool = False  # reject captions without the target phrase
     multi_face: str = "largest"  # several faces: keep the "largest" or "reject" the image
@@ -57,6 +61,8 @@ class PrepareConfig:
             raise bad("size", "must be between 16 and 4096")
         if not 0.0 <= self.padding <= 2.0:
             raise bad("padding", "must be between 0 and 2")
+        if self.fill not in FILL_MODES:
+            raise bad("fill", f"must be one of {FILL_MODES}")
         if self.multi_face not in MULTI_FACE_POLICIES:
             raise bad("multi_face", f"must be one of {MULTI_FACE_POLICIES}")
         if self.upsample is not None and not 0 <= self.upsample <= 3:

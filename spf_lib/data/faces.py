@@ -62,7 +62,7 @@ class Face:
 
 def detect_and_align(rgb: np.ndarray, *, size: int, padding: float, upsample: int | None, detect_max_side: int,
                      multi_face: str, min_face_px: int, min_det_score: float,
-                     extra_face_min_score: float = 0.5) -> Face:
+                     extra_face_min_score: float = 0.5, fill: str = "reflect") -> Face:
     """Find the face to keep and crop it; policies that reject raise `Rejected` with their reason."""
     import dlib
 
@@ -89,8 +89,8 @@ def detect_and_align(rgb: np.ndarray, *, size: int, padding: float, upsample: in
     if score < min_det_score:
         raise Rejected("low_det_score", f"score {score:.3f} < min_det_score={min_det_score}")
     shape = models.predictor(rgb, full)
-    chip = dlib.get_face_chip(rgb, shape, size=size, padding=padding)
-    blur_chip = chip if size == BLUR_SIZE else dlib.get_face_chip(rgb, shape, size=BLUR_SIZE, padding=padding)
+    chip = aligned_chip(rgb, shape, size=size, padding=padding, fill=fill)
+    blur_chip = chip if size == BLUR_SIZE else aligned_chip(rgb, shape, size=BLUR_SIZE, padding=padding, fill=fill)
     box = (max(0, full.left()), max(0, full.top()), min(w, full.right() + 1), min(h, full.bottom() + 1))
     return Face(
         box=box,
@@ -102,6 +102,59 @@ def detect_and_align(rgb: np.ndarray, *, size: int, padding: float, upsample: in
         blur=laplacian_variance(blur_chip),
         phash=phash(chip),
     )
+
+
+def aligned_chip(rgb: np.ndarray, shape: object, *, size: int, padding: float, fill: str = "reflect") -> np.ndarray:
+    """dlib's aligned face chip, with the part of it that lies outside the photo filled FFHQ-style.
+
+    `dlib.get_face_chip` paints that part black. A face near the border, tilted, or cropped with generous padding then
+    carries black wedges into every training crop; the base model never drew them, so a fine-tune learns them as part
+    of the target (the SPF control map released them as a response, and the demo's tuned images showed black
+    blotches). FFHQ's alignment pads by reflection, blurs the padding more the further it lies from the photo and fades
+    it towards the photo's median colour; `fill="reflect"` does the same, so pixels inside the photo are dlib's own.
+    `fill="black"` keeps dlib's chip (for reproducing crops made before this fill existed).
+    """
+    import dlib
+
+    if fill == "black":
+        return dlib.get_face_chip(rgb, shape, size=size, padding=padding)
+    det = dlib.get_face_chip_details(shape, size=size, padding=padding)
+    r = det.rect
+    cx, cy = (r.left() + r.right()) / 2.0, (r.top() + r.bottom()) / 2.0
+    # the chip is r turned by det.angle about its centre: its half-diagonal (+2 px for interpolation) bounds it
+    ext = float(np.hypot(r.width(), r.height())) / 2.0 + 2.0
+    x0, y0 = int(np.floor(cx - ext)), int(np.floor(cy - ext))
+    x1, y1 = int(np.ceil(cx + ext)) + 1, int(np.ceil(cy + ext)) + 1
+    region = _filled_region(rgb, x0, y0, x1, y1, blur_sigma=0.02 * max(r.width(), r.height()))
+    moved = dlib.drectangle(r.left() - x0, r.top() - y0, r.right() - x0, r.bottom() - y0)
+    return dlib.extract_image_chip(region, dlib.chip_details(moved, dlib.chip_dims(det.rows, det.cols), det.angle))
+
+
+def _filled_region(rgb: np.ndarray, x0: int, y0: int, x1: int, y1: int, *, blur_sigma: float) -> np.ndarray:
+    """rgb[y0:y1, x0:x1] where the window may reach past the photo: the outside is reflected, blurred, faded."""
+    from scipy.ndimage import gaussian_filter
+
+    h, w = rgb.shape[:2]
+    inner = rgb[max(0, y0):min(h, y1), max(0, x0):min(w, x1)]
+    pads = (max(0, -y0), max(0, y1 - h)), (max(0, -x0), max(0, x1 - w))
+    if not any(p for pair in pads for p in pair):
+        return np.ascontiguousarray(inner)
+    img = np.pad(inner.astype(np.float32), (*pads, (0, 0)), mode="reflect")
+    ih, iw = inner.shape[:2]
+
+    def outside(n: int, lo: int, hi: int, length: int) -> np.ndarray:
+        """How far each index lies outside [lo, lo + length), as a fraction of that side's padding."""
+        i = np.arange(n, dtype=np.float32)
+        before = np.clip((lo - i) / max(lo, 1), 0.0, 1.0)
+        after = np.clip((i - (lo + length - 1)) / max(hi, 1), 0.0, 1.0)
+        return np.maximum(before, after)
+
+    m = np.maximum(outside(img.shape[0], pads[0][0], pads[0][1], ih)[:, None],
+                   outside(img.shape[1], pads[1][0], pads[1][1], iw)[None, :])[..., None]
+    blurred = gaussian_filter(img, sigma=(blur_sigma, blur_sigma, 0))
+    img += (blurred - img) * np.clip(3.0 * m, 0.0, 1.0)
+    img += (np.median(inner.reshape(-1, inner.shape[-1]), axis=0).astype(np.float32) - img) * m
+    return np.ascontiguousarray(np.clip(np.rint(img), 0, 255).astype(np.uint8))
 
 
 def _resize(rgb: np.ndarray, wh: tuple[int, int]) -> np.ndarray:

@@ -57,7 +57,7 @@ def _process(item: InputItem, cfg: PrepareConfig, crops_dir: Path) -> dict[str, 
     face = detect_and_align(loaded.rgb, size=cfg.size, padding=cfg.padding, upsample=cfg.upsample,
                             detect_max_side=cfg.detect_max_side, multi_face=cfg.multi_face,
                             min_face_px=cfg.min_face_px, min_det_score=cfg.min_det_score,
-                            extra_face_min_score=cfg.extra_face_min_score)
+                            extra_face_min_score=cfg.extra_face_min_score, fill=cfg.fill)
     if face.blur < cfg.min_blur:
         raise Rejected("blurry", f"Laplacian variance {face.blur:.1f} < min_blur={cfg.min_blur}")
     id_ = sha[:16]
