@@ -216,7 +216,10 @@ def _prepare_config(cfg: SpuriousConfig, o: dict) -> None:
     want = {**cfg.to_dict(), "n_ft": o["n_ft"], "n_prompts": o["n_prompts"], "n_seeds": o["n_seeds"],
             "infer_steps": o["infer_steps"], "guidance": o["guidance"], "base": str(o["base"])}
     if o["prepared"]:  # only then: the stamps of rendered sets written before the option existed stay valid
+        from spf_lib.data.config import PrepareConfig
+
         want["prepared"] = True
+        want["fill"] = PrepareConfig().fill  # crops made with another fill are another fine-tuning set
     if stamp.is_file() and json.loads(stamp.read_text()) == want and (work / "original.npz").is_file():
         return
     import shutil
