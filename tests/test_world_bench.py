@@ -36,6 +36,27 @@ def test_frontier_interpolation():
     assert rep.target_at_pollution(path, 0.26) == pytest.approx(0.52, abs=0.02)  # on the 2nd segment, not the last point
 
 
+def test_sfcm_gap_figures_read_the_curves():
+    """Both w/o-SFCM figures come from the curves: at the lower final pollution, and at SPF's own final pollution."""
+    import bench.frontier_report as rep
+
+    def run(variant: str, seed: int, curve: list[tuple[float, float]]) -> dict:
+        return {"config": {"name": "A"}, "seed": seed, "variant": variant, "train_s": 1.0,
+                "curve": [{"attr_drift": p, "target_rate": t, "target_leak": 0.0} for p, t in curve]}
+
+    runs = [run("spf", 0, [(0, 0), (0.02, 0.1), (0.06, 0.9), (0.05, 1.0)]),
+            run("spf w/o SFCM", 0, [(0, 0), (0.045, 0.5), (0.03, 0.4)]),  # ends lower: 0.03 < 0.05
+            run("spf", 1, [(0, 0), (0.04, 0.5)]),
+            run("spf w/o SFCM", 1, [(0, 0), (0.02, 0.6), (0.08, 0.7)])]  # learns more, for more pollution
+    per, _ = rep.summarise(runs, ["spf", "spf w/o SFCM"])
+    eq, at_full = per["spf w/o SFCM"]["sfcm_gap"], per["spf w/o SFCM"]["sfcm_gap_at_full"]
+    # seed 0 at 0.03: SPF's curve there (on its way to 0.06) is at 0.1 + 0.8/4 ≈ 0.3, the ablation's best 0.4 (its
+    # end); at SPF's 0.05 the ablation's best is 0.5 (the checkpoint at 0.045): 1.0 − 0.5
+    assert eq[0] == pytest.approx(0.3 - 0.4, abs=0.03) and at_full[0] == pytest.approx(0.5, abs=0.01)
+    # seed 1 at 0.04 (both): SPF 0.5, the ablation 0.6 + 0.1/3 on its way to 0.08
+    assert eq[1] == pytest.approx(at_full[1]) == pytest.approx(0.5 - 0.633, abs=0.02)
+
+
 @pytest.mark.slow
 def test_fidelity_frontier_quick_on_toy_models(tmp_path, monkeypatch):
     import bench.fidelity as fid
