@@ -111,7 +111,8 @@ def aligned_chip(rgb: np.ndarray, shape: object, *, size: int, padding: float, f
     carries black wedges into every training crop; the base model never drew them, so a fine-tune learns them as part
     of the target (the SPF control map released them as a response, and the demo's tuned images showed black
     blotches). FFHQ's alignment pads by reflection, blurs the padding more the further it lies from the photo and fades
-    it towards the median colour of the photo's part of the crop; `fill="reflect"` does the same, so pixels inside the photo are dlib's own.
+    it towards the median colour of the photo's part of the crop; `fill="reflect"` does the same, so pixels inside the
+    photo are dlib's own.
     `fill="black"` keeps dlib's chip (for reproducing crops made before this fill existed).
     """
     import dlib
