@@ -105,3 +105,20 @@ def test_padding_fades_from_the_reflection_to_the_median():
     # half-way out it is blurred, not a sharp mirror image: FFHQ blurs the padding so it reads as background
     half_way = np.diff(region[13:18, 40:].astype(float), axis=1).std()
     assert half_way < 0.25 * np.diff(photo[:, 40:].astype(float), axis=1).std()
+
+
+def test_padding_is_blurred_as_if_the_whole_window_were():
+    """The blur runs on strips along the padded sides only; in the padding it must equal the whole window's blur."""
+    from scipy.ndimage import gaussian_filter
+
+    from spf_lib.data.faces import _blur_outside
+
+    rng = np.random.default_rng(1)
+    img = rng.uniform(0, 255, (70, 90, 3)).astype(np.float32)
+    pads = ((12, 5), (0, 20))  # top, bottom; left, right
+    whole = gaussian_filter(img, sigma=(3.0, 3.0, 0))
+    strips = _blur_outside(img, pads, 3.0)
+    outside = np.zeros(img.shape[:2], bool)
+    outside[:12], outside[-5:], outside[:, -20:] = True, True, True
+    assert np.array_equal(strips[outside], whole[outside])
+    assert np.array_equal(strips[~outside], img[~outside])  # the photo is not blurred
