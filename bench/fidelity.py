@@ -27,9 +27,13 @@ import tempfile
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from bench.common import opt
 from bench.frontier_report import COLUMNS, fmt, overlap_table, plot, summarise
+
+if TYPE_CHECKING:
+    from spf_lib.data.config import PrepareConfig
 
 log = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parents[1]
@@ -216,10 +220,7 @@ def _prepare_config(cfg: SpuriousConfig, o: dict) -> None:
     want = {**cfg.to_dict(), "n_ft": o["n_ft"], "n_prompts": o["n_prompts"], "n_seeds": o["n_seeds"],
             "infer_steps": o["infer_steps"], "guidance": o["guidance"], "base": str(o["base"])}
     if o["prepared"]:  # only then: the stamps of rendered sets written before the option existed stay valid
-        from spf_lib.data.config import PrepareConfig
-
-        want["prepared"] = True
-        want["fill"] = PrepareConfig().fill  # crops made with another fill are another fine-tuning set
+        want["prepared"] = _world_prepare_config().to_dict()  # crops made otherwise are another fine-tuning set
     if stamp.is_file() and json.loads(stamp.read_text()) == want and (work / "original.npz").is_file():
         return
     import shutil
@@ -242,13 +243,20 @@ def _prepared_finetune_set(work: Path, cfg: SpuriousConfig, n: int) -> None:
     """The fine-tuning set as `spf demo` trains on it: photos at 256 px through `prepare_dataset` (dlib detection,
     5-point alignment, crop to 64 px) — faces zoomed and slightly rotated, a few images rejected. The demo caught on
     such crops what the rendered set could not (issue 15, tenth round)."""
-    from spf_lib.data.config import PrepareConfig
     from spf_lib.data.prepare import prepare_dataset
-    from spf_lib.demo import WORLD_PREPARE_PADDING, synth_demo_data
+    from spf_lib.demo import synth_demo_data
 
     raw = synth_demo_data(work / "photos", n=n, seed=cfg.ft_seed, spurious=cfg.spurious)
-    res = prepare_dataset(raw, work / "ftset", PrepareConfig(size=64, padding=WORLD_PREPARE_PADDING))
+    res = prepare_dataset(raw, work / "ftset", _world_prepare_config())
     log.info("fidelity frontier: %s prepared: %d of %d photos kept", cfg.name, res.n_kept, res.n_input)
+
+
+def _world_prepare_config() -> PrepareConfig:
+    """The data stage's settings for the world's photos, as `spf demo` prepares them (64 px, the demo's padding)."""
+    from spf_lib.data.config import PrepareConfig
+    from spf_lib.demo import WORLD_PREPARE_PADDING
+
+    return PrepareConfig(size=64, padding=WORLD_PREPARE_PADDING)
 
 
 def variant_config(name: str) -> dict:
