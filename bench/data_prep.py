@@ -59,7 +59,7 @@ def _face_stage(root: Path, cfg, work: Path) -> tuple[float, float]:
     from spf_lib.data.prepare import run_all
 
     items, _ = discover(root)
-    crops = work / f"crops-{cfg.workers}"
+    crops = work / f"crops-{cfg.workers}-{cfg.fill}"
     crops.mkdir()
     c0, t0 = _cpu_s(), time.perf_counter()
     results = run_all(items, cfg, crops)
@@ -83,15 +83,17 @@ def run(options: dict[str, str]) -> dict:
         work = Path(tmp)
         root = work / "ds"
         make_portraits(root, n)
-        for workers in sorted({1, cores}):
-            cfg = PrepareConfig(size=size, workers=workers, dedup_max_distance=-1)
+        # the last row: dlib's black fill, beside the default FFHQ-style fill (what filling crops costs)
+        for workers, fill in [(w, "reflect") for w in sorted({1, cores})] + [(1, "black")]:
+            cfg = PrepareConfig(size=size, workers=workers, dedup_max_distance=-1, fill=fill)
             dt, cpu = _face_stage(root, cfg, work)
             # pool workers are children of the forkserver, not of this process: their CPU is not visible here
             cpu_ms = round(1000 * cpu / n, 1) if workers == 1 else "n/a"
-            rows.append([f"face stage, {workers} process(es)", n, round(dt, 2), round(n / dt, 2), cpu_ms])
-            figures[f"face_stage_img_per_s_{workers}w"] = round(n / dt, 2)
+            tag = "" if fill == "reflect" else f", fill {fill}"
+            rows.append([f"face stage, {workers} process(es){tag}", n, round(dt, 2), round(n / dt, 2), cpu_ms])
+            figures[f"face_stage_img_per_s_{workers}w{tag and '_' + fill}"] = round(n / dt, 2)
             if workers == 1:
-                figures["face_stage_cpu_ms_per_img_1w"] = cpu_ms
+                figures[f"face_stage_cpu_ms_per_img_1w{tag and '_' + fill}"] = cpu_ms
         t0 = time.perf_counter()
         res = prepare_dataset(root, work / "out", PrepareConfig(size=size, workers=cores))
         dt = time.perf_counter() - t0
