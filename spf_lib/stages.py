@@ -234,10 +234,11 @@ def split_metrics(raw: dict) -> tuple[dict, dict[str, str]]:
     """Numbers (and ``unavailable`` reasons) become registry metrics; the eval set's identity becomes lineage.
 
     ``metrics.json`` also carries descriptive entries (formulas, component breakdowns) that stay in the evaluation
-    artifact rather than the registry.
+    artifact rather than the registry. ``adapter`` (the evaluated adapter's hash) goes along: registration checks it
+    against the adapter it registers, and the gate then reads the metrics as verified.
     """
-    numeric = {k: v for k, v in raw.items()
-               if k == "unavailable" or v is None or (isinstance(v, (int, float)) and not isinstance(v, bool))}
+    numeric = {k: v for k, v in raw.items() if k in ("unavailable", "adapter") or v is None
+               or (isinstance(v, (int, float)) and not isinstance(v, bool))}
     eval_set = raw.get("eval_set") if isinstance(raw.get("eval_set"), dict) else {}
     lineage = {f"eval_set_{k}": str(eval_set[k]) for k in ("name", "version", "hash") if k in eval_set}
     return numeric, lineage

@@ -80,6 +80,34 @@ def test_register_lora_then_generate(embedded, lora_adapter, tiny_base, tmp_path
     assert Path(logged.artifact_location.removeprefix("file://")).is_relative_to(embedded)
 
 
+def test_pipeline_registration_checks_whose_metrics_they_are(embedded, lora_adapter, tiny_base, tmp_path):
+    """The register stage reads the evaluation's metrics.json: the evaluated adapter's hash must reach registration,
+    so metrics of another adapter are refused and the gate reads matching ones as verified."""
+    import mlflow
+
+    from spf_lib.io import sha256_tree
+    from spf_lib.registry.register import METRICS_ADAPTER_HASH_TAG
+    from spf_lib.stages import register_stage
+
+    def eval_dir(name: str, adapter_hash: str) -> Path:
+        d = tmp_path / name
+        d.mkdir()
+        (d / "metrics.json").write_text(json.dumps({"pollution": 0.1, "target_rate": 0.5,
+                                                    "adapter": {"hash": adapter_hash, "dir": "trained"}}))
+        return d
+
+    gate = json.dumps({"rules": [{"metric": "pollution", "better": "lower", "bound": 0.5}]})
+    with pytest.raises(SpfError, match="metrics were computed for adapter 000000000000"):
+        register_stage(lora_adapter, eval_dir("other", "0" * 64), str(tiny_base), "whose", LINEAGE, True, gate)
+    own = sha256_tree(lora_adapter)
+    out = register_stage(lora_adapter, eval_dir("own", own), str(tiny_base), "whose", LINEAGE, True, gate)
+    assert out["promotion"]["passed"] and out["promotion"]["champion_after"] == out["registered"]["version"]
+    assert any(c["reason"] == f"metrics belong to adapter {own[:12]}" for c in out["promotion"]["checks"])
+    with mlflow_session():
+        mv = mlflow.MlflowClient().get_model_version("whose", out["registered"]["version"])
+    assert mv.tags[METRICS_ADAPTER_HASH_TAG] == own
+
+
 def test_same_kfp_run_is_registered_once(embedded, lora_adapter, tiny_base):
     import mlflow
 
